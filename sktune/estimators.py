@@ -1,0 +1,259 @@
+"""FineTuneClassifier and FineTuneRegressor: skorch estimators over a backbone."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from skorch import NeuralNetClassifier, NeuralNetRegressor
+from skorch.callbacks import EpochScoring
+from torch import nn
+
+from ._base import FineTuneMixin
+from .data import check_X_y, encode_labels
+
+__all__ = ["FineTuneClassifier", "FineTuneRegressor"]
+
+_COMMON_PARAMS = """
+    Parameters
+    ----------
+    backbone : nn.Module, callable or Backbone
+        The pretrained network. A module instance is never modified: every
+        fit trains a private copy. A zero-argument callable is called once per
+        fit. A :class:`sktune.Backbone` keeps the pristine weights shared
+        between clones.
+    freeze : None, int, float, "all", list of str or Freeze, default=None
+        Which part of the backbone stays frozen, counted in blocks from the
+        input side (see ``describe()`` and ``n_blocks_``): None or 0 trains
+        everything; ``k`` freezes the first k blocks; ``-k`` all but the last
+        k; a float in [0, 1] that fraction of the blocks (rounded down);
+        ``"all"`` trains the head only (linear probe); a list of fnmatch
+        patterns freezes the matching parameter names; a :class:`Freeze`
+        adds options. Frozen parts run in eval mode while the rest trains.
+    head : "linear", "mlp" or callable, default="linear"
+        The fresh head, sized in ``fit`` from the backbone's feature width
+        and the targets. A callable is called as ``head(in_features,
+        out_features)``.
+    random_state : None, int or numpy RandomState, default=None
+        Seeds head initialization, batch order and dropout, so that the same
+        value gives the same model. The global RNG state is left as it was.
+    criterion : torch criterion class, default={criterion}
+    optimizer : torch optimizer class, default=torch.optim.AdamW
+    lr : float, default=1e-3
+        A learning rate that suits a fresh head; lower it (e.g. 1e-4 or less)
+        when much of a large backbone trains.
+    max_epochs : int, default=10
+    batch_size : int, default=32
+    train_split : None or callable, default=None
+        No validation split unless asked for, e.g. ``skorch.dataset.ValidSplit
+        (0.1)`` together with ``callbacks=[skorch.callbacks.EarlyStopping()]``.
+    verbose : int, default=0
+        1 prints skorch's per-epoch table.
+    **kwargs
+        Any other skorch parameter (``device``, ``callbacks``,
+        ``iterator_train__*``, ``optimizer__*``, ...). Training batches are
+        shuffled unless ``iterator_train__shuffle=False``.
+"""
+
+_COMMON_ATTRIBUTES = """
+    Attributes
+    ----------
+    module_ : FineTuneNetwork
+        The trained network: ``backbone`` (the private copy), ``head``.
+    n_blocks_ : int
+        Number of blocks in the backbone's block map.
+    blocks_ : list of Block
+        The block map, input side first.
+    n_features_in_ : int
+        Number of features (columns, or channels of images) seen in fit.
+    feature_names_in_ : ndarray of str
+        Column names, when X was a DataFrame with string column names.
+    history_ : skorch History
+        Per-epoch and per-batch training records.
+"""
+
+
+def _encoded_accuracy(net, X, y) -> float:
+    """Accuracy of ``net`` on targets encoded as indices into ``classes_``."""
+    y_pred = net.predict_proba(X).argmax(axis=1)
+    return float(np.mean(y_pred == np.asarray(y)))
+
+
+class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
+    __doc__ = (
+        """Fine-tune a pretrained backbone with a fresh classification head.
+
+    The head outputs logits and is trained with cross-entropy;
+    ``predict_proba`` applies the softmax and ``predict`` returns the original
+    labels (ints, strings, bools).
+"""
+        + _COMMON_PARAMS.format(criterion="torch.nn.CrossEntropyLoss")
+        + _COMMON_ATTRIBUTES
+        + """    classes_ : ndarray
+        The class labels, in the order of ``predict_proba``'s columns.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from sklearn.datasets import load_digits
+    >>> from sktune import FineTuneClassifier
+    >>> X, y = load_digits(return_X_y=True)
+    >>> backbone = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32))
+    >>> clf = FineTuneClassifier(backbone, freeze=1, random_state=0).fit(X, y)
+    >>> clf.predict(X[:3]).shape
+    (3,)
+"""
+    )
+
+    def __init__(
+        self,
+        backbone,
+        *,
+        freeze=None,
+        head="linear",
+        random_state=None,
+        criterion=nn.CrossEntropyLoss,
+        optimizer=torch.optim.AdamW,
+        lr=1e-3,
+        max_epochs=10,
+        batch_size=32,
+        train_split=None,
+        verbose=0,
+        **kwargs,
+    ):
+        self.backbone = backbone
+        self.freeze = freeze
+        self.head = head
+        self.random_state = random_state
+        super().__init__(
+            None,
+            criterion=criterion,
+            optimizer=optimizer,
+            lr=lr,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            train_split=train_split,
+            verbose=verbose,
+            **kwargs,
+        )
+
+    @property
+    def _default_callbacks(self):
+        # skorch scores valid_acc with ``predict``, which returns the original
+        # labels, against the encoded targets of the validation set.
+        return [
+            (name, EpochScoring(_encoded_accuracy, name="valid_acc", lower_is_better=False))
+            if name == "valid_acc"
+            else (name, cb)
+            for name, cb in super()._default_callbacks
+        ]
+
+    def _prepare_fit(self, X, y, *, reset, classes=None):
+        X, y = check_X_y(self, X, y, reset=reset, regression=False)
+        if reset:
+            if classes is None:
+                classes = np.unique(y) if self.classes is None else self.classes
+            classes = np.asarray(classes)
+            if len(classes) < 2:
+                raise ValueError(
+                    f"y has 1 class ({classes.tolist()}); a classifier needs at least "
+                    "2 classes."
+                )
+            if self.classes is None:
+                self.classes_inferred_ = classes
+            self._n_head_outputs = len(classes)
+        return X, encode_labels(y, self.classes_)
+
+    def predict_proba(self, X):
+        """Class probabilities, one column per entry of ``classes_``."""
+        return self._forward_numpy(self._check_predict_X(X))
+
+    def predict(self, X):
+        """The most probable class label for each sample."""
+        proba = self.predict_proba(X)
+        return self.classes_[proba.argmax(axis=1)]
+
+
+class FineTuneRegressor(FineTuneMixin, NeuralNetRegressor):
+    __doc__ = (
+        """Fine-tune a pretrained backbone with a fresh regression head.
+
+    One output per target: a 1-D ``y`` gives 1-D predictions, a 2-D ``y``
+    gives 2-D predictions.
+"""
+        + _COMMON_PARAMS.format(criterion="torch.nn.MSELoss")
+        + _COMMON_ATTRIBUTES
+        + """
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from sktune import FineTuneRegressor
+    >>> X = np.random.RandomState(0).normal(size=(64, 4))
+    >>> y = X.sum(axis=1)
+    >>> backbone = nn.Sequential(nn.Linear(4, 16), nn.ReLU())
+    >>> reg = FineTuneRegressor(backbone, random_state=0).fit(X, y)
+    >>> reg.predict(X[:2]).shape
+    (2,)
+"""
+    )
+
+    def __init__(
+        self,
+        backbone,
+        *,
+        freeze=None,
+        head="linear",
+        random_state=None,
+        criterion=nn.MSELoss,
+        optimizer=torch.optim.AdamW,
+        lr=1e-3,
+        max_epochs=10,
+        batch_size=32,
+        train_split=None,
+        verbose=0,
+        **kwargs,
+    ):
+        self.backbone = backbone
+        self.freeze = freeze
+        self.head = head
+        self.random_state = random_state
+        super().__init__(
+            None,
+            criterion=criterion,
+            optimizer=optimizer,
+            lr=lr,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            train_split=train_split,
+            verbose=verbose,
+            **kwargs,
+        )
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def _prepare_fit(self, X, y, *, reset, classes=None):
+        X, y = check_X_y(self, X, y, reset=reset, regression=True)
+        y = np.asarray(y, dtype=np.float32)
+        n_targets = 1 if y.ndim == 1 else y.shape[1]
+        if reset:
+            self._y_ndim = y.ndim
+            self._n_head_outputs = n_targets
+        elif n_targets != self._n_head_outputs:
+            raise ValueError(
+                f"y has {n_targets} targets, but {type(self).__name__} was fitted "
+                f"with {self._n_head_outputs}."
+            )
+        return X, y.reshape(len(y), n_targets)
+
+    @property
+    def predict_proba(self):
+        # skorch's NeuralNetRegressor inherits predict_proba; a regressor has none.
+        raise AttributeError(f"{type(self).__name__} has no predict_proba; use predict.")
+
+    def predict(self, X):
+        """Predicted targets: 1-D if fitted on a 1-D ``y``, else 2-D."""
+        out = self._forward_numpy(self._check_predict_X(X)).astype(np.float64)
+        return out.ravel() if self._y_ndim == 1 else out

@@ -1,0 +1,205 @@
+"""Freeze policies: which backbone parameters train, which modules run in eval.
+
+A policy is resolved against a backbone's block map (:mod:`sktune.blocks`)
+into a :class:`FreezePlan`; the plan is applied with plain functions on an
+``nn.Module``. Frozen parameters get ``requires_grad=False`` (so they get no
+gradient and stay out of the optimizer) and frozen modules run in eval mode
+while the rest trains: dropout is off there and BatchNorm running statistics
+stay untouched, unless ``train_bn=True``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import numbers
+from dataclasses import dataclass
+
+from sklearn.base import BaseEstimator
+from torch import nn
+
+from .blocks import Block
+
+__all__ = ["Freeze", "FreezePlan", "apply_freeze", "plan_freeze", "set_frozen_eval"]
+
+_ACCEPTED = (
+    "None or 0 (train everything), an int k (freeze the first k blocks), a "
+    "negative int -k (freeze all but the last k blocks), a float in [0, 1] (that "
+    "fraction of the blocks), 'all' (train only the head), a list of "
+    "parameter-name patterns, or a Freeze(...) object"
+)
+
+
+class Freeze(BaseEstimator):
+    """A freeze policy with options, usable as a nested hyperparameter.
+
+    ``GridSearchCV(clf, {"freeze__depth": [0, 2, 4]})`` tunes the depth of a
+    ``FineTuneClassifier(..., freeze=Freeze(train_bn=True))``.
+
+    Parameters
+    ----------
+    depth : None, int, float, "all" or list of str, default=0
+        What to freeze: see the ``freeze`` parameter of the estimators.
+    train_bn : bool, default=False
+        If True, BatchNorm layers inside frozen blocks keep training: their
+        affine parameters get gradients and their running statistics update.
+
+    Examples
+    --------
+    >>> from sktune import Freeze
+    >>> Freeze(depth=2).get_params()
+    {'depth': 2, 'train_bn': False}
+    """
+
+    def __init__(self, depth=0, train_bn=False):
+        self.depth = depth
+        self.train_bn = train_bn
+
+
+@dataclass(frozen=True)
+class FreezePlan:
+    """A freeze policy resolved against one backbone.
+
+    Attributes
+    ----------
+    frozen_params : frozenset of str
+        Backbone parameter names that get ``requires_grad=False``.
+    eval_modules : tuple of str
+        Backbone submodule names that stay in eval mode during training.
+    n_frozen_blocks : int or None
+        How many blocks are frozen (None for pattern-based policies).
+    """
+
+    frozen_params: frozenset[str]
+    eval_modules: tuple[str, ...]
+    n_frozen_blocks: int | None
+
+
+def plan_freeze(
+    module: nn.Module, blocks: list[Block], freeze, *, param: str = "freeze"
+) -> FreezePlan:
+    """Resolve a freeze policy against ``module`` and its ``blocks``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For an out-of-range depth or a value of the wrong type; the message
+        names ``param``, the value and what is accepted.
+    """
+    train_bn = False
+    if isinstance(freeze, Freeze):
+        train_bn = freeze.train_bn
+        if not isinstance(train_bn, bool):
+            raise TypeError(
+                f"{param}.train_bn must be True or False, got {train_bn!r}."
+            )
+        freeze, param = freeze.depth, f"{param}.depth"
+    n_blocks = len(blocks)
+
+    if isinstance(freeze, (list, tuple)):
+        frozen = _match_patterns(module, freeze, param)
+        eval_modules = _eval_modules_for_params(module, frozen, train_bn)
+        depth = None
+    elif isinstance(freeze, str) and freeze == "all":
+        frozen = {name for name, _ in module.named_parameters()}
+        eval_modules = _descendants(module, [""], train_bn)
+        depth = n_blocks
+    elif isinstance(freeze, str):
+        raise ValueError(f"{param}={freeze!r} is not a valid freeze policy; use {_ACCEPTED}.")
+    else:
+        depth = _resolve_depth(freeze, n_blocks, param)
+        chosen = blocks[:depth]
+        frozen = {p for block in chosen for p in block.params}
+        roots = [m for block in chosen for m in block.modules]
+        eval_modules = _descendants(module, roots, train_bn)
+    if train_bn:
+        frozen -= _batchnorm_params(module)
+    return FreezePlan(frozenset(frozen), eval_modules, depth)
+
+
+def apply_freeze(module: nn.Module, plan: FreezePlan) -> None:
+    """Set ``requires_grad`` on every parameter of ``module`` from ``plan``."""
+    for name, p in module.named_parameters():
+        p.requires_grad_(name not in plan.frozen_params)
+
+
+def set_frozen_eval(module: nn.Module, plan: FreezePlan) -> None:
+    """Put the frozen modules of ``module`` in eval mode (call after ``train()``)."""
+    for name in plan.eval_modules:
+        module.get_submodule(name).training = False
+
+
+def _resolve_depth(freeze, n_blocks: int, param: str) -> int:
+    if freeze is None:
+        return 0
+    if isinstance(freeze, bool) or not isinstance(freeze, numbers.Real):
+        raise TypeError(f"{param}={freeze!r} is not a valid freeze policy; use {_ACCEPTED}.")
+    if isinstance(freeze, numbers.Integral):
+        k = int(freeze)
+        if not -n_blocks <= k <= n_blocks:
+            raise ValueError(
+                f"{param}={k} is out of range: the backbone has {n_blocks} blocks, "
+                f"so use an int in [-{n_blocks}, {n_blocks}] (or 'all')."
+            )
+        return k if k >= 0 else n_blocks + k
+    fraction = float(freeze)
+    if not 0.0 <= fraction <= 1.0 or math.isnan(fraction):
+        raise ValueError(
+            f"{param}={freeze!r} is out of range: a float freeze is the fraction of "
+            "blocks to freeze and must be in [0, 1]."
+        )
+    return math.floor(fraction * n_blocks)
+
+
+def _match_patterns(module: nn.Module, patterns, param: str) -> set[str]:
+    names = [name for name, _ in module.named_parameters()]
+    frozen: set[str] = set()
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise TypeError(
+                f"{param} patterns must be strings, got {pattern!r} in {patterns!r}."
+            )
+        matched = fnmatch.filter(names, pattern)
+        if not matched:
+            examples = ", ".join(names[:5])
+            raise ValueError(
+                f"{param} pattern {pattern!r} matches no backbone parameter; "
+                f"parameter names look like: {examples}, ..."
+            )
+        frozen.update(matched)
+    return frozen
+
+
+def _is_batchnorm(m: nn.Module) -> bool:
+    return isinstance(m, nn.modules.batchnorm._BatchNorm)
+
+
+def _batchnorm_params(module: nn.Module) -> set[str]:
+    return {
+        f"{mod_name}.{p_name}" if mod_name else p_name
+        for mod_name, m in module.named_modules()
+        if _is_batchnorm(m)
+        for p_name, _ in m.named_parameters(recurse=False)
+    }
+
+
+def _descendants(module: nn.Module, roots: list[str], train_bn: bool) -> tuple[str, ...]:
+    out: dict[str, None] = {}
+    for root in roots:
+        for name, m in module.get_submodule(root).named_modules():
+            full = ".".join(filter(None, (root, name)))
+            if not (train_bn and _is_batchnorm(m)):
+                out[full] = None
+    return tuple(out)
+
+
+def _eval_modules_for_params(
+    module: nn.Module, frozen: set[str], train_bn: bool
+) -> tuple[str, ...]:
+    """Modules whose own parameters are all frozen (pattern-based policies)."""
+    out = []
+    for name, m in module.named_modules():
+        own = [f"{name}.{p}" if name else p for p, _ in m.named_parameters(recurse=False)]
+        if own and all(p in frozen for p in own) and not (train_bn and _is_batchnorm(m)):
+            out.append(name)
+    return tuple(out)

@@ -1,0 +1,89 @@
+"""Task heads and the pooling of backbone outputs into feature vectors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+__all__ = ["build_head", "pool_features"]
+
+HEADS = ("linear", "mlp")
+
+
+def build_head(head, in_features: int, out_features: int, *, param: str = "head") -> nn.Module:
+    """Build a fresh head mapping ``in_features`` to ``out_features``.
+
+    Parameters
+    ----------
+    head : "linear", "mlp" or callable
+        ``"linear"``: one ``nn.Linear``. ``"mlp"``: Linear, GELU, Dropout(0.1),
+        Linear, with a hidden width of ``min(in_features, 512)``. A callable is
+        called as ``head(in_features, out_features)`` and must return an
+        ``nn.Module``.
+    """
+    if isinstance(head, str):
+        if head == "linear":
+            return nn.Linear(in_features, out_features)
+        if head == "mlp":
+            hidden = min(in_features, 512)
+            return nn.Sequential(
+                nn.Linear(in_features, hidden),
+                nn.GELU(),
+                nn.Dropout(0.1),
+                nn.Linear(hidden, out_features),
+            )
+        raise ValueError(
+            f"{param}={head!r} is not a known head; use one of {list(HEADS)} or a "
+            "callable (in_features, out_features) -> nn.Module."
+        )
+    if isinstance(head, nn.Module) or not callable(head):
+        raise TypeError(
+            f"{param} must be one of {list(HEADS)} or a callable "
+            f"(in_features, out_features) -> nn.Module, got {head!r}. A module "
+            "instance would be shared between fits; pass a factory instead."
+        )
+    module = head(in_features, out_features)
+    if not isinstance(module, nn.Module):
+        raise TypeError(
+            f"{param} factory {head!r} returned {type(module).__name__}, expected an "
+            "nn.Module."
+        )
+    return module
+
+
+def pool_features(output) -> torch.Tensor:
+    """Reduce a backbone output to one feature vector per sample.
+
+    - ``(N, D)`` tensors are used as they are;
+    - ``(N, T, D)`` sequences are averaged over tokens;
+    - ``(N, C, H, W, ...)`` feature maps are averaged over the spatial axes;
+    - tuples and lists use their first element; mappings (model outputs) their
+      ``last_hidden_state``.
+    """
+    if isinstance(output, Mapping):
+        if "last_hidden_state" not in output:
+            raise TypeError(
+                "The backbone returned a mapping without 'last_hidden_state' "
+                f"(keys: {list(output)}); cannot pool it into features."
+            )
+        output = output["last_hidden_state"]
+    elif isinstance(output, (tuple, list)):
+        output = output[0]
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(
+            f"The backbone returned {type(output).__name__}; expected a tensor, a "
+            "tuple of tensors or a model output with 'last_hidden_state'."
+        )
+    if output.ndim == 2:
+        return output
+    if output.ndim == 3:
+        return output.mean(dim=1)
+    if output.ndim > 3:
+        return output.mean(dim=tuple(range(2, output.ndim)))
+    raise ValueError(
+        f"The backbone returned a tensor of shape {tuple(output.shape)}; expected "
+        "one row of features per sample."
+    )
+
