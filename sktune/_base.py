@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from sklearn.base import clone
+from skorch.dataset import unpack_data
 from skorch.exceptions import NotInitializedError
 
 from .backbones import training_copy
@@ -36,6 +37,7 @@ _RNG_LOCK = threading.RLock()
 # Parameters of our own that hold objects with nested parameters
 # (``freeze__depth``), routed the sklearn way instead of skorch's.
 _OWN_PARAMS = ("backbone", "freeze", "head")
+_NO_REINIT_PREFIXES = ("iterator_train__", "iterator_valid__", "dataset__")
 
 
 def _private(name: str) -> property:
@@ -65,7 +67,9 @@ def _seed_of(random_state, param: str = "random_state") -> int | None:
         return None
     if isinstance(random_state, np.random.RandomState):
         return int(random_state.randint(np.iinfo(np.int32).max))
-    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+    if isinstance(random_state, numbers.Integral) and not isinstance(
+        random_state, bool
+    ):
         if random_state >= 0:
             return int(random_state)
     raise ValueError(
@@ -95,7 +99,9 @@ class FineTuneMixin:
         # skorch treats every attribute without a trailing underscore as a
         # parameter. Private state is not, and ``module`` is built internally.
         return [
-            k for k in super()._get_param_names() if not k.startswith("_") and k != "module"
+            k
+            for k in super()._get_param_names()
+            if not k.startswith("_") and k != "module"
         ]
 
     def set_params(self, **params):
@@ -112,6 +118,11 @@ class FineTuneMixin:
             # skorch builds the callbacks right away; like every other
             # parameter, they are validated when the net initializes.
             self.callbacks = params.pop("callbacks")
+        for key in [k for k in params if k.startswith(_NO_REINIT_PREFIXES)]:
+            # Read when the next iterator is built; skorch would look for a
+            # component to re-initialize and fail on a fitted net.
+            setattr(self, key, params.pop(key))
+            self._params_to_validate.add(key)
         super().set_params(**params)
         for prefix, sub_params in nested.items():
             target = getattr(self, prefix)
@@ -165,13 +176,14 @@ class FineTuneMixin:
         cuda = torch.cuda.is_available() and "cuda" in str(self.device)
         devices = list(range(torch.cuda.device_count())) if cuda else []
         with _RNG_LOCK, torch.random.fork_rng(devices=devices):
-            np_state = np.random.get_state()
+            np_state = np.random.get_state()  # noqa: NPY002 (restored below)
             torch.manual_seed(seed)
-            np.random.seed(seed)
+            # skorch's ValidSplit and user callbacks draw from numpy's global RNG.
+            np.random.seed(seed)  # noqa: NPY002
             try:
                 yield
             finally:
-                np.random.set_state(np_state)
+                np.random.set_state(np_state)  # noqa: NPY002
 
     # -- fitting ------------------------------------------------------------
 
@@ -235,20 +247,42 @@ class FineTuneMixin:
                 yield name, param
 
     def get_iterator(self, dataset, training=False):
-        if not training:
-            return super().get_iterator(dataset, training=False)
-        # Unlike skorch, shuffle training batches unless told otherwise.
-        kwargs = {"shuffle": True, "batch_size": self.batch_size}
-        kwargs.update(self.get_params_for("iterator_train"))
+        # Unlike skorch, shuffle training batches unless told otherwise; an
+        # inference loader draws its base seed from a private generator, so
+        # predicting never advances the global torch RNG.
+        if training:
+            kwargs = {"shuffle": True, "batch_size": self.batch_size}
+            kwargs.update(self.get_params_for("iterator_train"))
+            iterator = self.iterator_train
+        else:
+            kwargs = {"generator": torch.Generator(), "batch_size": self.batch_size}
+            kwargs.update(self.get_params_for("iterator_valid"))
+            iterator = self.iterator_valid
         if kwargs["batch_size"] == -1:
             kwargs["batch_size"] = len(dataset)
-        return self.iterator_train(dataset, **kwargs)
+        return iterator(dataset, **kwargs)
 
     # -- prediction ---------------------------------------------------------
 
     def _check_predict_X(self, X):
         self.check_is_fitted()
+        if isinstance(X, torch.utils.data.Dataset):
+            # skorch's scoring callbacks predict on (validated) datasets.
+            return X
         return check_X(self, X, reset=False)
+
+    def evaluation_step(self, batch, training=False):
+        # Pad a short inference batch to the full batch size, so every sample
+        # runs through the same kernels: a prediction never depends on which
+        # other samples share its batch (float32 GEMMs of different heights
+        # round differently).
+        Xi, yi = unpack_data(batch)
+        size = self.get_params_for("iterator_valid").get("batch_size", self.batch_size)
+        n = len(Xi) if isinstance(Xi, torch.Tensor) else None
+        if training or n is None or size == -1 or n >= size:
+            return super().evaluation_step(batch, training=training)
+        padded = torch.cat([Xi, Xi[:1].expand(size - n, *Xi.shape[1:])])
+        return super().evaluation_step((padded, yi), training=training)[:n]
 
     def _forward_numpy(self, X) -> np.ndarray:
         """Raw head outputs for validated ``X``, one row per sample."""
@@ -275,13 +309,38 @@ class FineTuneMixin:
             params = [named[p] for p in block.params]
             n = sum(p.numel() for p in params)
             trainable = sum(p.numel() for p in params if p.requires_grad)
-            mode = "eval" if block.modules and set(block.modules) <= frozen_modules else "train"
-            rows.append((str(i), block.name, f"{n:,}", f"{trainable:,}", f"{n - trainable:,}", mode))
+            mode = (
+                "eval"
+                if block.modules and set(block.modules) <= frozen_modules
+                else "train"
+            )
+            rows.append(
+                (
+                    str(i),
+                    block.name,
+                    f"{n:,}",
+                    f"{trainable:,}",
+                    f"{n - trainable:,}",
+                    mode,
+                )
+            )
         head_n = sum(p.numel() for p in net.head.parameters())
-        rows.append(("head", type(net.head).__name__, f"{head_n:,}", f"{head_n:,}", "0", "train"))
+        rows.append(
+            (
+                "head",
+                type(net.head).__name__,
+                f"{head_n:,}",
+                f"{head_n:,}",
+                "0",
+                "train",
+            )
+        )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         return "\n".join(
-            "  ".join(cell.ljust(w) if j < 2 else cell.rjust(w) for j, (cell, w) in enumerate(zip(row, widths)))
+            "  ".join(
+                cell.ljust(w) if j < 2 else cell.rjust(w)
+                for j, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
             for row in rows
         )
 

@@ -141,7 +141,12 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
         # skorch scores valid_acc with ``predict``, which returns the original
         # labels, against the encoded targets of the validation set.
         return [
-            (name, EpochScoring(_encoded_accuracy, name="valid_acc", lower_is_better=False))
+            (
+                name,
+                EpochScoring(
+                    _encoded_accuracy, name="valid_acc", lower_is_better=False
+                ),
+            )
             if name == "valid_acc"
             else (name, cb)
             for name, cb in super()._default_callbacks
@@ -251,7 +256,9 @@ class FineTuneRegressor(FineTuneMixin, NeuralNetRegressor):
     @property
     def predict_proba(self):
         # skorch's NeuralNetRegressor inherits predict_proba; a regressor has none.
-        raise AttributeError(f"{type(self).__name__} has no predict_proba; use predict.")
+        raise AttributeError(
+            f"{type(self).__name__} has no predict_proba; use predict."
+        )
 
     def predict(self, X):
         """Predicted targets: 1-D if fitted on a 1-D ``y``, else 2-D."""

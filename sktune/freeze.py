@@ -105,7 +105,9 @@ def plan_freeze(
         eval_modules = _descendants(module, [""], train_bn)
         depth = n_blocks
     elif isinstance(freeze, str):
-        raise ValueError(f"{param}={freeze!r} is not a valid freeze policy; use {_ACCEPTED}.")
+        raise ValueError(
+            f"{param}={freeze!r} is not a valid freeze policy; use {_ACCEPTED}."
+        )
     else:
         depth = _resolve_depth(freeze, n_blocks, param)
         chosen = blocks[:depth]
@@ -133,7 +135,9 @@ def _resolve_depth(freeze, n_blocks: int, param: str) -> int:
     if freeze is None:
         return 0
     if isinstance(freeze, bool) or not isinstance(freeze, numbers.Real):
-        raise TypeError(f"{param}={freeze!r} is not a valid freeze policy; use {_ACCEPTED}.")
+        raise TypeError(
+            f"{param}={freeze!r} is not a valid freeze policy; use {_ACCEPTED}."
+        )
     if isinstance(freeze, numbers.Integral):
         k = int(freeze)
         if not -n_blocks <= k <= n_blocks:
@@ -183,7 +187,9 @@ def _batchnorm_params(module: nn.Module) -> set[str]:
     }
 
 
-def _descendants(module: nn.Module, roots: list[str], train_bn: bool) -> tuple[str, ...]:
+def _descendants(
+    module: nn.Module, roots: list[str], train_bn: bool
+) -> tuple[str, ...]:
     out: dict[str, None] = {}
     for root in roots:
         for name, m in module.get_submodule(root).named_modules():
@@ -199,7 +205,13 @@ def _eval_modules_for_params(
     """Modules whose own parameters are all frozen (pattern-based policies)."""
     out = []
     for name, m in module.named_modules():
-        own = [f"{name}.{p}" if name else p for p, _ in m.named_parameters(recurse=False)]
-        if own and all(p in frozen for p in own) and not (train_bn and _is_batchnorm(m)):
+        own = [
+            f"{name}.{p}" if name else p for p, _ in m.named_parameters(recurse=False)
+        ]
+        if (
+            own
+            and all(p in frozen for p in own)
+            and not (train_bn and _is_batchnorm(m))
+        ):
             out.append(name)
     return tuple(out)

@@ -12,7 +12,9 @@ __all__ = ["build_head", "pool_features"]
 HEADS = ("linear", "mlp")
 
 
-def build_head(head, in_features: int, out_features: int, *, param: str = "head") -> nn.Module:
+def build_head(
+    head, in_features: int, out_features: int, *, param: str = "head"
+) -> nn.Module:
     """Build a fresh head mapping ``in_features`` to ``out_features``.
 
     Parameters
@@ -86,4 +88,3 @@ def pool_features(output) -> torch.Tensor:
         f"The backbone returned a tensor of shape {tuple(output.shape)}; expected "
         "one row of features per sample."
     )
-

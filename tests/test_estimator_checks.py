@@ -1,0 +1,31 @@
+"""scikit-learn's own estimator checks, with no expected failures."""
+
+from sklearn.utils.estimator_checks import parametrize_with_checks
+from torch import nn
+
+from sktune import FineTuneClassifier, FineTuneRegressor
+
+
+def lazy_backbone() -> nn.Sequential:
+    """A backbone that adapts to any input width.
+
+    Only lazy layers: the checks compare the joblib hash of every parameter
+    before and after fit, and torch pickles a tensor with its storage address,
+    so a deep copy of a materialized module never hashes equal to the original.
+    """
+    return nn.Sequential(nn.LazyLinear(32), nn.ReLU(), nn.LazyLinear(32), nn.ReLU())
+
+
+ESTIMATORS = [
+    # A module instance, never mutated by fit...
+    FineTuneClassifier(lazy_backbone(), lr=0.01, max_epochs=20, random_state=0),
+    FineTuneRegressor(lazy_backbone(), lr=0.01, max_epochs=20, random_state=0),
+    # ... and a factory, with part of the backbone frozen.
+    FineTuneClassifier(lazy_backbone, freeze=1, lr=0.01, max_epochs=20, random_state=0),
+    FineTuneRegressor(lazy_backbone, freeze=1, lr=0.01, max_epochs=20, random_state=0),
+]
+
+
+@parametrize_with_checks(ESTIMATORS)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
