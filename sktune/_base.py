@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import numbers
+import os
 import threading
 from contextlib import contextmanager
 
@@ -20,11 +21,18 @@ from sklearn.base import clone
 from skorch.dataset import unpack_data
 from skorch.exceptions import NotInitializedError
 
-from .backbones import training_copy
+from .backbones import as_backbone
 from .blocks import block_map, record_child_order
-from .data import check_X
+from .data import (
+    ImagePreprocess,
+    TextCollator,
+    TextDataset,
+    check_fit_data,
+    check_predict_data,
+    input_spec,
+)
 from .freeze import apply_freeze, plan_freeze
-from .heads import build_head, pool_features
+from .heads import POOLINGS, build_head, pool_features
 from .network import FineTuneNetwork
 
 __all__ = ["FineTuneMixin"]
@@ -157,22 +165,20 @@ class FineTuneMixin:
     # -- randomness ---------------------------------------------------------
 
     @contextmanager
-    def _seeded(self, fresh: bool):
+    def _seeded(self):
         """Seed torch and numpy from ``random_state`` for one fit call.
 
-        A fresh fit starts the stream at ``random_state``; each later
-        ``partial_fit`` (or warm-started fit) continues with the next seed of
-        a ``SeedSequence``, so a sequence of calls is reproducible too. The
+        The seed covers what happens before the first epoch (head and lazy
+        layer initialization, the validation split); each epoch then reseeds
+        from ``(seed, epoch number)`` (see :meth:`on_epoch_begin`), so a fit
+        resumed from a checkpoint replays the epochs it missed exactly. The
         global RNG states are restored afterwards.
         """
         seed = _seed_of(self.random_state)
+        self._fit_seed = seed
         if seed is None:
             yield
             return
-        calls = 0 if fresh else getattr(self, "_fit_calls", 0) + 1
-        self._fit_calls = calls
-        if calls:
-            seed = int(np.random.SeedSequence([seed, calls]).generate_state(1)[0])
         cuda = torch.cuda.is_available() and "cuda" in str(self.device)
         devices = list(range(torch.cuda.device_count())) if cuda else []
         with _RNG_LOCK, torch.random.fork_rng(devices=devices):
@@ -185,10 +191,19 @@ class FineTuneMixin:
             finally:
                 np.random.set_state(np_state)  # noqa: NPY002
 
+    def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        super().on_epoch_begin(net, dataset_train, dataset_valid, **kwargs)
+        seed = getattr(self, "_fit_seed", None)
+        if seed is not None:
+            epoch = len(self.history_)
+            torch.manual_seed(
+                int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+            )
+
     # -- fitting ------------------------------------------------------------
 
-    def _prepare_fit(self, X, y, *, reset: bool, classes=None):
-        """Validate and convert the training data; size the head on reset."""
+    def _encode_targets(self, y, *, reset: bool, classes=None):
+        """Convert checked targets for the loss; size the head on reset."""
         raise NotImplementedError
 
     def fit(self, X, y, **fit_params):
@@ -198,21 +213,22 @@ class FineTuneMixin:
         ``warm_start=True`` and the estimator was fitted before.
         """
         warm = bool(self.warm_start) and getattr(self, "initialized_", False)
-        with self._seeded(fresh=not warm):
-            X, y = self._prepare_fit(X, y, reset=not warm)
-            if not warm:
-                self._example_X = X[:1]
-                self.initialize()
-            super().partial_fit(X, y, _routing_method="fit", **fit_params)
-        return self
+        return self._fit(X, y, reset=not warm, _routing_method="fit", **fit_params)
 
     def partial_fit(self, X, y, classes=None, **fit_params):
         """Train for ``max_epochs`` more epochs, initializing on the first call."""
-        initialized = getattr(self, "initialized_", False)
-        with self._seeded(fresh=not initialized):
-            X, y = self._prepare_fit(X, y, reset=not initialized, classes=classes)
-            if not initialized:
-                self._example_X = X[:1]
+        reset = not getattr(self, "initialized_", False)
+        return self._fit(X, y, reset=reset, classes=classes, **fit_params)
+
+    def _fit(self, X, y, *, reset: bool, classes=None, **fit_params):
+        with self._seeded():
+            X, y, kind = check_fit_data(
+                self, X, y, reset=reset, regression=self._regression
+            )
+            y = self._encode_targets(y, reset=reset, classes=classes)
+            if reset:
+                self._input_kind = kind
+                self._example_X = _head(X)
                 self.initialize()
             super().partial_fit(X, y, **fit_params)
         return self
@@ -229,16 +245,105 @@ class FineTuneMixin:
                 f"{type(self).__name__} sizes its head from the data; call fit or "
                 "partial_fit instead of initialize."
             )
-        backbone = training_copy(self.backbone)
-        features, order = _probe(backbone, example)
+        source = as_backbone(self.backbone)
+        backbone = source.training_copy()
+        spec = input_spec(source)
+        kind = self._input_kind
+        _check_input_fits_backbone(kind, example, spec)
+        self.tokenizer_ = spec.tokenizer
+        pooling = self.pooling if self.pooling is not None else spec.pooling
+        if pooling is not None and pooling not in POOLINGS:
+            raise ValueError(
+                f"pooling={pooling!r} is not valid; use one of {list(POOLINGS)} or None "
+                "(the backbone's own default)."
+            )
+        if hasattr(backbone, "pooling") and pooling is not None:
+            backbone.pooling = pooling
+        preprocess = (
+            _image_preprocess(self.image_size, spec) if kind == "image" else None
+        )
+        batch = next(
+            iter(self.get_iterator(self.get_dataset(example), training=False))
+        )[0]
+        features, order = _probe(backbone, preprocess, batch)
         blocks = block_map(backbone, order)
         plan = plan_freeze(backbone, blocks, self.freeze)
         apply_freeze(backbone, plan)
         head = build_head(self.head, features.shape[1], self._n_head_outputs)
-        self.module_ = FineTuneNetwork(backbone, head, plan)
+        self.module_ = FineTuneNetwork(backbone, head, plan, preprocess, pooling)
         self.blocks_ = blocks
         self.n_blocks_ = len(blocks)
         return self
+
+    def get_dataset(self, X, y=None):
+        if self._is_text() and not isinstance(X, torch.utils.data.Dataset):
+            return TextDataset(X, y)
+        return super().get_dataset(X, y)
+
+    def _is_text(self) -> bool:
+        return getattr(self, "_input_kind", None) in ("text", "pairs")
+
+    def train_step_single(self, batch, **fit_params):
+        step = super().train_step_single(batch, **fit_params)
+        # Raise before the optimizer applies this step: the weights stay those
+        # of the last finite step, and the estimator stays usable.
+        loss = step["loss"].detach()
+        grads = [
+            p.grad for _, p in self.get_all_learnable_params() if p.grad is not None
+        ]
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            what = (
+                f"loss is {loss.item()}"
+                if not torch.isfinite(loss)
+                else "gradient is not finite"
+            )
+            raise FloatingPointError(
+                f"Training diverged at epoch {len(self.history_)}, batch "
+                f"{len(self.history_[-1]['batches'])}: the {what}. The estimator keeps "
+                f"the weights of the last finite step; try a lower learning rate than "
+                f"lr={self.lr}."
+            )
+        return step
+
+    def save_params(
+        self,
+        f_params=None,
+        f_optimizer=None,
+        f_criterion=None,
+        f_history=None,
+        use_safetensors=False,
+        **kwargs,
+    ):
+        """skorch's ``save_params``, writing each file atomically.
+
+        Each file is written next to its target under a temporary name and
+        moved into place only when complete, so an interrupted save never
+        leaves a half-written file where a good one was.
+        """
+        files = dict(
+            kwargs,
+            f_params=f_params,
+            f_optimizer=f_optimizer,
+            f_criterion=f_criterion,
+            f_history=f_history,
+        )
+        staged = {}
+        for key, target in files.items():
+            if isinstance(target, (str, os.PathLike)):
+                staged[key] = (
+                    target,
+                    f"{os.fspath(target)}.{os.getpid()}.{threading.get_ident()}.tmp",
+                )
+                files[key] = staged[key][1]
+        try:
+            super().save_params(use_safetensors=use_safetensors, **files)
+            for target, tmp in staged.values():
+                os.replace(tmp, target)
+        finally:
+            for _, tmp in staged.values():
+                if os.path.exists(tmp):
+                    os.remove(tmp)
 
     def get_all_learnable_params(self):
         # Frozen parameters get no optimizer state (DESIGN.md, invariant 3).
@@ -260,7 +365,25 @@ class FineTuneMixin:
             iterator = self.iterator_valid
         if kwargs["batch_size"] == -1:
             kwargs["batch_size"] = len(dataset)
+        if self._is_text():
+            kwargs.setdefault(
+                "collate_fn", TextCollator(self.tokenizer_, self._max_length())
+            )
         return iterator(dataset, **kwargs)
+
+    def _max_length(self) -> int:
+        if self.max_length is None:
+            model_max = getattr(self.tokenizer_, "model_max_length", None) or 512
+            return min(int(model_max), 512)
+        if (
+            isinstance(self.max_length, bool)
+            or not isinstance(self.max_length, numbers.Integral)
+            or self.max_length < 1
+        ):
+            raise ValueError(
+                f"max_length={self.max_length!r} is not valid; use None or a positive int."
+            )
+        return int(self.max_length)
 
     # -- prediction ---------------------------------------------------------
 
@@ -269,7 +392,7 @@ class FineTuneMixin:
         if isinstance(X, torch.utils.data.Dataset):
             # skorch's scoring callbacks predict on (validated) datasets.
             return X
-        return check_X(self, X, reset=False)
+        return check_predict_data(self, X, self._input_kind)
 
     def evaluation_step(self, batch, training=False):
         # Pad a short inference batch to the full batch size, so every sample
@@ -345,30 +468,113 @@ class FineTuneMixin:
         )
 
 
-def _probe(module: torch.nn.Module, example: np.ndarray):
-    """Run one sample through ``module`` in eval mode.
+def _probe(backbone: torch.nn.Module, preprocess, batch):
+    """Run one batch of one sample through ``backbone`` in eval mode.
 
     Returns the pooled features (their width sizes the head) and the order in
     which the top-level children ran (for the block map). Lazy modules are
     materialized here, before the optimizer sees their parameters.
     """
-    device = next((p.device for p in module.parameters() if not _is_lazy(p)), "cpu")
-    order, remove = record_child_order(module)
-    was_training = module.training
-    module.eval()
+    device = next((p.device for p in backbone.parameters() if not _is_lazy(p)), "cpu")
+    order, remove = record_child_order(backbone)
+    was_training = backbone.training
+    backbone.eval()
     try:
         with torch.no_grad():
-            out = module(torch.as_tensor(example, device=device))
+            if isinstance(batch, dict):
+                out = backbone(**{k: v.to(device) for k, v in batch.items()})
+                shape = {k: tuple(v.shape) for k, v in batch.items()}
+            else:
+                batch = batch.to(device)
+                shape = tuple(batch.shape)
+                out = backbone(preprocess(batch) if preprocess is not None else batch)
         features = pool_features(out)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise ValueError(
-            f"The backbone could not process an input of shape {tuple(example.shape)}"
-            f" (one sample of X): {type(exc).__name__}: {exc}"
+            f"The backbone could not process an input of shape {shape} (one sample "
+            f"of X): {type(exc).__name__}: {exc}"
         ) from exc
     finally:
         remove()
-        module.train(was_training)
+        backbone.train(was_training)
     return features, order
+
+
+def _head(X):
+    """The first sample of validated input, kept to build the network."""
+    if isinstance(X, dict):
+        return {k: v[:1] for k, v in X.items()}
+    return X[:1]
+
+
+def _check_input_fits_backbone(kind: str, example, spec) -> None:
+    text_model = spec.tokenizer is not None
+    if kind in ("text", "pairs") and not text_model:
+        raise ValueError(
+            "X holds strings, but the backbone has no tokenizer: use a Hugging Face "
+            "backbone ('hf:ID_OR_DIR' or a sktune.Backbone of one), or turn the "
+            "text into numbers first."
+        )
+    if kind in ("array", "image") and text_model:
+        raise ValueError(
+            "The backbone is a text model, but X holds numbers or images: pass "
+            "strings (or string pairs), or a mapping of tokenized inputs "
+            "(input_ids=..., attention_mask=...)."
+        )
+    expected = spec.input_size[0] if spec.input_size else None
+    if expected is None:
+        return
+    if kind == "image":
+        channels = example.shape[-1] if example.ndim == 4 else 1
+        layout = "N x H x W x C"
+    elif kind == "array" and example.ndim == 4:
+        channels, layout = example.shape[1], "N x C x H x W"
+    else:
+        return
+    if channels != expected:
+        hint = (
+            " Repeat the gray channel, e.g. np.repeat(X[..., None], 3, axis=-1)."
+            if channels == 1 and expected == 3 and kind == "image"
+            else " Drop the alpha channel with X[..., :3]."
+            if channels == 4 and expected == 3 and kind == "image"
+            else ""
+        )
+        raise ValueError(
+            f"X holds {channels}-channel images ({layout}), but the backbone expects "
+            f"{expected} channels.{hint}"
+        )
+
+
+def _image_preprocess(image_size, spec) -> ImagePreprocess:
+    if image_size is None:
+        size = None
+    elif isinstance(image_size, str) and image_size == "auto":
+        if not spec.input_size:
+            raise ValueError(
+                "image_size='auto' needs the backbone's input size, which this "
+                "backbone does not state; pass image_size=(height, width)."
+            )
+        size = tuple(spec.input_size[1:])
+    elif (
+        isinstance(image_size, numbers.Integral)
+        and not isinstance(image_size, bool)
+        and image_size > 0
+    ):
+        size = (int(image_size), int(image_size))
+    elif (
+        isinstance(image_size, (tuple, list))
+        and len(image_size) == 2
+        and all(isinstance(v, numbers.Integral) and v > 0 for v in image_size)
+    ):
+        size = tuple(int(v) for v in image_size)
+    else:
+        raise ValueError(
+            f"image_size={image_size!r} is not valid; use None (keep the images' "
+            "size), 'auto' (the backbone's input size), an int or (height, width)."
+        )
+    if spec.mean is None:
+        return ImagePreprocess(size=size)
+    return ImagePreprocess(spec.mean, spec.std, size)
 
 
 def _is_lazy(param) -> bool:

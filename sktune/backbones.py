@@ -8,11 +8,12 @@ hooks on it and never move it. ``clone`` and ``copy.deepcopy`` share it; each
 from __future__ import annotations
 
 import copy
+import os
 import threading
 
 from torch import nn
 
-__all__ = ["Backbone", "training_copy"]
+__all__ = ["Backbone", "as_backbone", "training_copy"]
 
 _ACCEPTED = (
     "an nn.Module instance, a zero-argument callable returning one, or a "
@@ -59,6 +60,18 @@ class Backbone:
     def training_copy(self) -> nn.Module:
         """Return a private copy of the pristine module, free to train."""
         return copy.deepcopy(self.module())
+
+    def data_config(self) -> dict | None:
+        """Image preprocessing of the pretrained weights (mean, std, input_size)."""
+        return None
+
+    def tokenizer(self):
+        """The tokenizer of a text backbone, else None."""
+        return None
+
+    def default_pooling(self) -> str | None:
+        """How the backbone's token sequences are pooled by default."""
+        return None
 
     def __deepcopy__(self, memo):
         return self
@@ -114,3 +127,12 @@ def training_copy(backbone, *, param: str = "backbone") -> nn.Module:
     if isinstance(backbone, nn.Module):
         return copy.deepcopy(backbone)
     return _build(backbone, param=param)
+
+
+def as_backbone(backbone) -> Backbone:
+    """The estimator parameter ``backbone`` as a :class:`Backbone`."""
+    if isinstance(backbone, Backbone):
+        return backbone
+    if not (isinstance(backbone, (nn.Module, str, os.PathLike)) or callable(backbone)):
+        raise TypeError(f"backbone must be {_ACCEPTED}, got {backbone!r}.")
+    return Backbone(backbone)

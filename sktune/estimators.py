@@ -9,7 +9,7 @@ from skorch.callbacks import EpochScoring
 from torch import nn
 
 from ._base import FineTuneMixin
-from .data import check_X_y, encode_labels
+from .data import encode_labels
 
 __all__ = ["FineTuneClassifier", "FineTuneRegressor"]
 
@@ -36,6 +36,16 @@ _COMMON_PARAMS = """
     random_state : None, int or numpy RandomState, default=None
         Seeds head initialization, batch order and dropout, so that the same
         value gives the same model. The global RNG state is left as it was.
+    pooling : None, "mean" or "cls", default=None
+        How token sequences become one feature vector: the mean over
+        (unpadded) tokens or the first token. None uses the backbone's own
+        default (a sentence-transformers model states its pooling).
+    max_length : None or int, default=None
+        Text is truncated to this many tokens (None: the tokenizer's limit,
+        at most 512). Batches are padded only to their longest member.
+    image_size : None, "auto", int or (int, int), default=None
+        Resize uint8 images to this size before the backbone; "auto" uses the
+        backbone's pretrained input size, None keeps the images' size.
     criterion : torch criterion class, default={criterion}
     optimizer : torch optimizer class, default=torch.optim.AdamW
     lr : float, default=1e-3
@@ -111,6 +121,9 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
         freeze=None,
         head="linear",
         random_state=None,
+        pooling=None,
+        max_length=None,
+        image_size=None,
         criterion=nn.CrossEntropyLoss,
         optimizer=torch.optim.AdamW,
         lr=1e-3,
@@ -124,6 +137,9 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
         self.freeze = freeze
         self.head = head
         self.random_state = random_state
+        self.pooling = pooling
+        self.max_length = max_length
+        self.image_size = image_size
         super().__init__(
             None,
             criterion=criterion,
@@ -152,8 +168,9 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
             for name, cb in super()._default_callbacks
         ]
 
-    def _prepare_fit(self, X, y, *, reset, classes=None):
-        X, y = check_X_y(self, X, y, reset=reset, regression=False)
+    _regression = False
+
+    def _encode_targets(self, y, *, reset, classes=None):
         if reset:
             if classes is None:
                 classes = np.unique(y) if self.classes is None else self.classes
@@ -166,7 +183,7 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
             if self.classes is None:
                 self.classes_inferred_ = classes
             self._n_head_outputs = len(classes)
-        return X, encode_labels(y, self.classes_)
+        return encode_labels(y, self.classes_)
 
     def predict_proba(self, X):
         """Class probabilities, one column per entry of ``classes_``."""
@@ -209,6 +226,9 @@ class FineTuneRegressor(FineTuneMixin, NeuralNetRegressor):
         freeze=None,
         head="linear",
         random_state=None,
+        pooling=None,
+        max_length=None,
+        image_size=None,
         criterion=nn.MSELoss,
         optimizer=torch.optim.AdamW,
         lr=1e-3,
@@ -222,6 +242,9 @@ class FineTuneRegressor(FineTuneMixin, NeuralNetRegressor):
         self.freeze = freeze
         self.head = head
         self.random_state = random_state
+        self.pooling = pooling
+        self.max_length = max_length
+        self.image_size = image_size
         super().__init__(
             None,
             criterion=criterion,
@@ -239,8 +262,9 @@ class FineTuneRegressor(FineTuneMixin, NeuralNetRegressor):
         tags.target_tags.multi_output = True
         return tags
 
-    def _prepare_fit(self, X, y, *, reset, classes=None):
-        X, y = check_X_y(self, X, y, reset=reset, regression=True)
+    _regression = True
+
+    def _encode_targets(self, y, *, reset, classes=None):
         y = np.asarray(y, dtype=np.float32)
         n_targets = 1 if y.ndim == 1 else y.shape[1]
         if reset:
@@ -251,7 +275,7 @@ class FineTuneRegressor(FineTuneMixin, NeuralNetRegressor):
                 f"y has {n_targets} targets, but {type(self).__name__} was fitted "
                 f"with {self._n_head_outputs}."
             )
-        return X, y.reshape(len(y), n_targets)
+        return y.reshape(len(y), n_targets)
 
     @property
     def predict_proba(self):

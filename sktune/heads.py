@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-__all__ = ["build_head", "pool_features"]
+__all__ = ["POOLINGS", "build_head", "pool_features"]
 
 HEADS = ("linear", "mlp")
 
@@ -55,11 +55,15 @@ def build_head(
     return module
 
 
-def pool_features(output) -> torch.Tensor:
+POOLINGS = ("mean", "cls")
+
+
+def pool_features(output, pooling: str | None = None) -> torch.Tensor:
     """Reduce a backbone output to one feature vector per sample.
 
     - ``(N, D)`` tensors are used as they are;
-    - ``(N, T, D)`` sequences are averaged over tokens;
+    - ``(N, T, D)`` sequences are averaged over tokens (``pooling="mean"``, the
+      default) or reduced to their first token (``pooling="cls"``);
     - ``(N, C, H, W, ...)`` feature maps are averaged over the spatial axes;
     - tuples and lists use their first element; mappings (model outputs) their
       ``last_hidden_state``.
@@ -81,7 +85,7 @@ def pool_features(output) -> torch.Tensor:
     if output.ndim == 2:
         return output
     if output.ndim == 3:
-        return output.mean(dim=1)
+        return output[:, 0] if pooling == "cls" else output.mean(dim=1)
     if output.ndim > 3:
         return output.mean(dim=tuple(range(2, output.ndim)))
     raise ValueError(

@@ -1,4 +1,4 @@
-"""The module skorch trains: a backbone copy, pooling, and a fresh head."""
+"""The module skorch trains: input preprocessing, a backbone copy, pooling, a head."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ __all__ = ["FineTuneNetwork"]
 
 
 class FineTuneNetwork(nn.Module):
-    """``head(pool(backbone(X)))``, with frozen backbone parts kept in eval mode.
+    """``head(pool(backbone(preprocess(X))))``, frozen backbone parts kept in eval.
 
     Parameters
     ----------
@@ -21,13 +21,29 @@ class FineTuneNetwork(nn.Module):
         The fresh task head.
     plan : FreezePlan
         Which backbone modules stay in eval mode while the rest trains.
+    preprocess : nn.Module, optional
+        Applied to tensor input first (e.g. uint8 images to normalized floats).
+    pooling : {"mean", "cls"}, optional
+        How token sequences are pooled (see :func:`sktune.heads.pool_features`).
+
+    Tokenized input arrives as keyword arguments (``input_ids=...``) and goes
+    to the backbone as such.
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, plan: FreezePlan):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        plan: FreezePlan,
+        preprocess: nn.Module | None = None,
+        pooling: str | None = None,
+    ):
         super().__init__()
+        self.preprocess = preprocess
         self.backbone = backbone
         self.head = head
         self.plan = plan
+        self.pooling = pooling
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -35,5 +51,19 @@ class FineTuneNetwork(nn.Module):
             set_frozen_eval(self.backbone, self.plan)
         return self
 
-    def forward(self, X):
-        return self.head(pool_features(self.backbone(X)))
+    def features(self, X=None, **inputs):
+        """The pooled backbone features that the head sees."""
+        if X is None:
+            out = self.backbone(**inputs)
+        elif inputs:
+            # skorch passes fit parameters to forward; none is supported here.
+            raise TypeError(
+                f"unexpected keyword argument(s) {sorted(inputs)}: the network takes "
+                "the input X only (sample_weight is not supported)."
+            )
+        else:
+            out = self.backbone(self.preprocess(X) if self.preprocess is not None else X)
+        return pool_features(out, self.pooling)
+
+    def forward(self, X=None, **inputs):
+        return self.head(self.features(X, **inputs))

@@ -350,7 +350,7 @@ def test_regressor_1d_and_2d_targets(blobs):
 
 def test_image_backbone_with_feature_maps(images):
     X, y = images
-    clf = make_clf(tiny_cnn(), freeze=1, max_epochs=10).fit(X, y)
+    clf = make_clf(tiny_cnn(), freeze=1, max_epochs=10, lr=3e-3).fit(X, y)
     assert clf.n_blocks_ == 3
     assert clf.n_features_in_ == 1
     assert clf.score(X, y) > 0.8
