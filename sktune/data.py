@@ -70,9 +70,13 @@ def input_kind(X) -> str:
         if isinstance(first, (list, tuple)) and len(first) == 2 and _is_str(first[0]):
             return "pairs"
     if isinstance(X, np.ndarray):
-        if X.dtype.kind in "US" or (X.dtype == object and X.size and _is_str(X.flat[0])):
+        if X.dtype.kind in "US" or (
+            X.dtype == object and X.size and _is_str(X.flat[0])
+        ):
             return "pairs" if X.ndim == 2 and X.shape[1] == 2 else "text"
-        if X.dtype == np.uint8 and (X.ndim == 3 or (X.ndim == 4 and X.shape[-1] in (1, 3, 4))):
+        if X.dtype == np.uint8 and (
+            X.ndim == 3 or (X.ndim == 4 and X.shape[-1] in (1, 3, 4))
+        ):
             return "image"
     return "array"
 
@@ -98,7 +102,9 @@ def _texts(X, kind: str, param: str = "X") -> list:
             )
         out.append(str(parts[0]) if kind == "text" else (str(parts[0]), str(parts[1])))
     if not out:
-        raise ValueError(f"{param} is empty: found 0 samples, a minimum of 1 is required.")
+        raise ValueError(
+            f"{param} is empty: found 0 samples, a minimum of 1 is required."
+        )
     return out
 
 
@@ -163,11 +169,17 @@ def check_predict_data(estimator, X, kind: str):
     _check_same_kind(estimator, input_kind(X))
     if kind == "array":
         X = validate_data(
-            estimator, _to_numpy(X), reset=False, dtype=[np.float32, np.float64], allow_nd=True
+            estimator,
+            _to_numpy(X),
+            reset=False,
+            dtype=[np.float32, np.float64],
+            allow_nd=True,
         )
         return X.astype(np.float32, copy=False)
     if kind == "image":
-        return validate_data(estimator, _to_numpy(X), reset=False, dtype=None, allow_nd=True)
+        return validate_data(
+            estimator, _to_numpy(X), reset=False, dtype=None, allow_nd=True
+        )
     if kind == "mapping":
         return _mapping(X)
     return _texts(X, kind)
@@ -282,18 +294,30 @@ class ImagePreprocess(nn.Module):
 
     def __init__(self, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), size=None):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        )
+        self.register_buffer(
+            "std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        )
         self.size = tuple(size) if size is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.uint8:
             return x
+        # Standard NCHW strides, as float input has: a permuted view would
+        # send convolutions down their channels-last kernels.
         if x.ndim == 3:
-            x = x.unsqueeze(-1)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+            x = x.unsqueeze(1)
+        elif x.shape[-1] == 1:
+            x = x[..., 0].unsqueeze(1)
+        else:
+            x = x.permute(0, 3, 1, 2).contiguous()
+        x = x.float().div_(255.0)
         if self.size is not None and tuple(x.shape[-2:]) != self.size:
-            x = F.interpolate(x, size=self.size, mode="bilinear", antialias=True, align_corners=False)
+            x = F.interpolate(
+                x, size=self.size, mode="bilinear", antialias=True, align_corners=False
+            )
         mean, std = self.mean[:, : x.shape[1]], self.std[:, : x.shape[1]]
         return (x - mean) / std
 

@@ -62,7 +62,9 @@ class FineTuneNetwork(nn.Module):
                 "the input X only (sample_weight is not supported)."
             )
         else:
-            out = self.backbone(self.preprocess(X) if self.preprocess is not None else X)
+            out = self.backbone(
+                self.preprocess(X) if self.preprocess is not None else X
+            )
         return pool_features(out, self.pooling)
 
     def forward(self, X=None, **inputs):

@@ -11,6 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+from sktune import Backbone
+
 
 def mlp_backbone(n_in: int = 8, width: int = 16) -> nn.Sequential:
     """Three linear blocks; a tiny stand-in for a pretrained tabular network."""
@@ -86,3 +88,98 @@ def assert_same_state(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+# -- a tiny text model: tokenizer and encoder, no Hugging Face download ------
+
+
+class WordTokenizer:
+    """Whitespace tokenizer with the call signature of a transformers tokenizer.
+
+    Words map to ids by a stable hash; pairs are joined by a separator id.
+    Batches are padded to their longest member when ``padding=True``.
+    """
+
+    model_max_length = 64
+    vocab_size = 97
+
+    def __init__(self):
+        self.calls = []
+
+    def _ids(self, text):
+        return [
+            2 + sum(map(ord, w)) % (self.vocab_size - 2) for w in text.lower().split()
+        ]
+
+    def __call__(
+        self, first, second=None, *, padding, truncation, max_length, return_tensors
+    ):
+        self.calls.append(
+            {"padding": padding, "max_length": max_length, "n": len(first)}
+        )
+        rows = [
+            self._ids(a) + ([1, *self._ids(b)] if second is not None else [])
+            for a, b in zip(first, second or [None] * len(first), strict=True)
+        ]
+        rows = [r[:max_length] if truncation else r for r in rows]
+        width = max(map(len, rows))
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+class BagOfWordsEncoder(nn.Module):
+    """Embeddings, then two layers; mean-pools over the attention mask."""
+
+    def __init__(self, vocab_size=97, width=16):
+        super().__init__()
+        self.embeddings = nn.Embedding(vocab_size, width)
+        self.layer1 = nn.Linear(width, width)
+        self.layer2 = nn.Linear(width, width)
+
+    def forward(self, input_ids, attention_mask):
+        h = torch.relu(self.layer1(self.embeddings(input_ids)))
+        h = self.layer2(h)
+        mask = attention_mask.unsqueeze(-1).to(h.dtype)
+        return (h * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+class TextBackbone(Backbone):
+    """A Backbone that states its tokenizer, as a Hugging Face one does."""
+
+    def tokenizer(self):
+        return WordTokenizer()
+
+
+def text_backbone() -> TextBackbone:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return TextBackbone(BagOfWordsEncoder())
+
+
+@pytest.fixture(scope="module")
+def reviews():
+    """Short synthetic reviews whose label is carried by one word."""
+    rng = np.random.RandomState(0)
+    filler = [
+        "the",
+        "food",
+        "was",
+        "service",
+        "really",
+        "quite",
+        "place",
+        "staff",
+        "very",
+    ]
+    texts, labels = [], []
+    for i in range(120):
+        label = i % 2
+        words = list(rng.choice(filler, size=rng.randint(2, 8)))
+        words.insert(rng.randint(len(words) + 1), "great" if label else "awful")
+        texts.append(" ".join(words))
+        labels.append("pos" if label else "neg")
+    return texts, np.array(labels)

@@ -1,0 +1,165 @@
+"""Input kinds: text, sentence pairs, tokenized mappings, uint8 images."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import BagOfWordsEncoder, WordTokenizer, text_backbone, tiny_cnn
+
+from sktune import FineTuneClassifier
+from sktune.data import ImagePreprocess, TextCollator, input_kind
+
+
+@pytest.mark.parametrize(
+    ("X", "kind"),
+    [
+        (np.zeros((3, 2)), "array"),
+        (np.zeros((3, 1, 4, 4), dtype=np.float32), "array"),
+        (np.zeros((3, 4, 4, 3), dtype=np.uint8), "image"),
+        (np.zeros((3, 4, 4), dtype=np.uint8), "image"),
+        (np.zeros((3, 2), dtype=np.uint8), "array"),
+        (["a b", "c"], "text"),
+        (np.array(["a", "b"]), "text"),
+        (pd.Series(["a", "b"]), "text"),
+        (pd.DataFrame({"q": ["a"], "a": ["b"]}), "pairs"),
+        ([("a", "b")], "pairs"),
+        (np.array([["a", "b"]], dtype=object), "pairs"),
+        ({"input_ids": np.zeros((2, 3))}, "mapping"),
+        (np.array([[1.0, 2.0]], dtype=object), "array"),
+    ],
+)
+def test_input_kind(X, kind):
+    assert input_kind(X) == kind
+
+
+def make_text_clf(**kwargs):
+    params = dict(lr=1e-2, max_epochs=15, random_state=0)
+    params.update(kwargs)
+    return FineTuneClassifier(text_backbone(), **params)
+
+
+def test_text_classification_learns(reviews):
+    texts, labels = reviews
+    clf = make_text_clf().fit(texts[:80], labels[:80])
+    assert clf.score(texts[80:], labels[80:]) > 0.9
+    assert clf.predict(["the food was great"])[0] == "pos"
+    assert clf.n_blocks_ == 3  # embeddings, layer1, layer2 in forward order
+    assert not hasattr(clf, "n_features_in_")
+
+
+def test_text_from_pandas_and_numpy_agree(reviews):
+    texts, labels = reviews
+    clf = make_text_clf(max_epochs=2).fit(pd.Series(texts), labels)
+    np.testing.assert_array_equal(
+        clf.predict_proba(np.array(texts)), clf.predict_proba(texts)
+    )
+
+
+def test_sentence_pairs(reviews):
+    texts, _ = reviews
+    rng = np.random.RandomState(0)
+    other = list(rng.permutation(texts))
+    # Label: do both sentences carry the same sentiment word?
+    same = np.array(
+        [("great" in a) == ("great" in b) for a, b in zip(texts, other, strict=True)]
+    )
+    pairs = pd.DataFrame({"first": texts, "second": other})
+    clf = make_text_clf(max_epochs=30, head="mlp").fit(pairs, same)
+    assert clf._input_kind == "pairs"
+    assert clf.score(pairs, same) > 0.8
+    assert clf.predict([(texts[0], texts[0])])[0]
+
+
+def test_batches_are_padded_to_their_longest_member_only():
+    tokenizer = WordTokenizer()
+    batch, y = TextCollator(tokenizer, max_length=8)([("a b c", 1), ("a", 0)])
+    assert batch["input_ids"].shape == (2, 3)
+    assert tokenizer.calls[-1] == {"padding": True, "max_length": 8, "n": 2}
+    assert y.tolist() == [1, 0]
+
+
+def test_max_length_truncates(reviews):
+    texts, labels = reviews
+    clf = make_text_clf(max_epochs=1, max_length=3).fit(texts, labels)
+    batch = next(iter(clf.get_iterator(clf.get_dataset(texts), training=False)))[0]
+    assert batch["input_ids"].shape[1] == 3
+    default = make_text_clf(max_epochs=1).fit(texts, labels)
+    assert default._max_length() == WordTokenizer.model_max_length
+
+
+def test_pretokenized_mapping_input(reviews):
+    texts, labels = reviews
+    encoded = WordTokenizer()(
+        texts, padding=True, truncation=True, max_length=16, return_tensors="pt"
+    )
+    clf = FineTuneClassifier(
+        BagOfWordsEncoder(), lr=1e-2, max_epochs=15, random_state=0
+    )
+    clf.fit({k: v.numpy() for k, v in encoded.items()}, labels)
+    assert clf.score(encoded, labels) > 0.9
+
+
+def test_skorch_tokenizer_transformer_in_a_pipeline(reviews, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from sklearn.pipeline import make_pipeline
+    from skorch.hf import HuggingfacePretrainedTokenizer
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    words = sorted({w for t in reviews[0] for w in t.split()})
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", *words])}
+    backend = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]"
+    )
+    tokenizer.save_pretrained(tmp_path / "tok")
+    texts, labels = reviews
+    pipe = make_pipeline(
+        HuggingfacePretrainedTokenizer(str(tmp_path / "tok"), max_length=16),
+        FineTuneClassifier(
+            BagOfWordsEncoder(vocab_size=len(vocab)),
+            lr=1e-2,
+            max_epochs=15,
+            random_state=0,
+        ),
+    )
+    pipe.fit(texts, labels)
+    assert pipe.score(texts, labels) > 0.9
+
+
+def test_uint8_images_are_converted_per_batch(images):
+    X, y = images
+    X8 = np.round(X[:, 0] * 255).astype(np.uint8)  # N x H x W grayscale
+    clf = FineTuneClassifier(
+        tiny_cnn(), freeze=1, lr=3e-3, max_epochs=10, random_state=0
+    )
+    clf.fit(X8, y)
+    assert clf.score(X8, y) > 0.8
+    # The same images as floats in [0, 1], N x C x H x W, give the same model.
+    floats = torch.as_tensor(X8).float().div(255).unsqueeze(1).numpy()
+    as_float = FineTuneClassifier(
+        tiny_cnn(), freeze=1, lr=3e-3, max_epochs=10, random_state=0
+    )
+    np.testing.assert_allclose(
+        as_float.fit(floats, y).predict_proba(floats), clf.predict_proba(X8), atol=1e-5
+    )
+
+
+def test_image_preprocess_normalizes_and_resizes():
+    x = torch.full((2, 4, 6, 3), 255, dtype=torch.uint8)
+    out = ImagePreprocess(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), size=(8, 8))(x)
+    assert out.shape == (2, 3, 8, 8)
+    torch.testing.assert_close(out, torch.ones_like(out))
+    floats = torch.rand(2, 3, 5, 5)
+    assert ImagePreprocess(size=(8, 8))(floats) is floats
+
+
+def test_image_size_resizes_uint8_images(images):
+    X, y = images
+    X8 = np.round(X[:, 0] * 255).astype(np.uint8)
+    clf = FineTuneClassifier(
+        tiny_cnn(), image_size=16, max_epochs=1, random_state=0
+    ).fit(X8, y)
+    assert clf.module_.preprocess.size == (16, 16)

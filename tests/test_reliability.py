@@ -1,0 +1,520 @@
+"""Bad input, divergence, interruption, determinism, safe loading, threads."""
+
+import copy
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+import torch
+from conftest import (
+    assert_same_state,
+    mlp_backbone,
+    state_snapshot,
+    text_backbone,
+    tiny_cnn,
+)
+from sklearn.exceptions import NotFittedError
+from skorch.callbacks import Callback, Checkpoint, LoadInitState
+from torch import nn
+
+from sktune import Backbone, FineTuneClassifier, FineTuneRegressor
+
+
+class ImageBackbone(Backbone):
+    """A Backbone whose pretrained configuration asks for 3-channel 8x8 input."""
+
+    def data_config(self):
+        return {"mean": (0.5,) * 3, "std": (0.5,) * 3, "input_size": (3, 8, 8)}
+
+
+def rgb_cnn():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
+
+
+rng = np.random.RandomState(0)
+X8 = rng.normal(size=(30, 8))
+Y3 = np.arange(30) % 3
+IMG = rng.randint(0, 256, size=(30, 8, 8), dtype=np.uint8)
+TEXT = ["good food", "bad food", "very good", "very bad"] * 5
+TEXT_Y = np.array([1, 0, 1, 0] * 5)
+
+
+def with_nan(a):
+    a = a.copy()
+    a[3, 2] = np.nan
+    return a
+
+
+def with_inf(a):
+    a = a.copy()
+    a[0, 0] = np.inf
+    return a
+
+
+def clf(backbone=None, **kw):
+    kw = {"max_epochs": 1, **kw}
+    return FineTuneClassifier(
+        backbone if backbone is not None else mlp_backbone(), **kw
+    )
+
+
+def reg(backbone=None, **kw):
+    kw = {"max_epochs": 1, **kw}
+    return FineTuneRegressor(backbone if backbone is not None else mlp_backbone(), **kw)
+
+
+def fitted_clf():
+    return clf().fit(X8, Y3)
+
+
+# (id, make estimator, method, args, exception, message regex)
+BAD_INPUT = [
+    ("nan-X", clf, "fit", (with_nan(X8), Y3), ValueError, "Input X contains NaN"),
+    ("inf-X", clf, "fit", (with_inf(X8), Y3), ValueError, "Input X contains infinity"),
+    (
+        "nan-y-regression",
+        reg,
+        "fit",
+        (X8, with_nan(X8[:, :3])),
+        ValueError,
+        "Input y contains NaN",
+    ),
+    ("empty-X", clf, "fit", (X8[:0], Y3[:0]), ValueError, r"0 sample\(s\)"),
+    (
+        "length-mismatch",
+        clf,
+        "fit",
+        (X8, Y3[:20]),
+        ValueError,
+        r"inconsistent numbers of samples: \[30, 20\]",
+    ),
+    (
+        "single-class",
+        clf,
+        "fit",
+        (X8, np.zeros(30)),
+        ValueError,
+        r"y has 1 class \(\[0.0\]\)",
+    ),
+    (
+        "continuous-y",
+        clf,
+        "fit",
+        (X8, X8[:, 0]),
+        ValueError,
+        "Unknown label type: continuous",
+    ),
+    ("complex-X", clf, "fit", (X8 + 1j, Y3), ValueError, "Complex data not supported"),
+    (
+        "object-X",
+        clf,
+        "fit",
+        (np.array([[{"a": 1}] * 8] * 30, dtype=object), Y3),
+        TypeError,
+        "must be a string or a real number",
+    ),
+    (
+        "sparse-X",
+        clf,
+        "fit",
+        (__import__("scipy.sparse").sparse.csr_matrix(X8), Y3),
+        TypeError,
+        "Sparse data was passed for X, but dense data is required",
+    ),
+    (
+        "features-for-backbone",
+        clf,
+        "fit",
+        (X8[:, :5], Y3),
+        ValueError,
+        r"backbone could not process an input of shape \(1, 5\)",
+    ),
+    (
+        "gray-to-rgb",
+        lambda: clf(ImageBackbone(rgb_cnn())),
+        "fit",
+        (IMG, Y3),
+        ValueError,
+        r"X holds 1-channel images \(N x H x W x C\), but the backbone expects 3 channels. Repeat the gray channel",
+    ),
+    (
+        "channels-float",
+        lambda: clf(ImageBackbone(rgb_cnn())),
+        "fit",
+        (np.zeros((30, 1, 8, 8), np.float32), Y3),
+        ValueError,
+        r"X holds 1-channel images \(N x C x H x W\), but the backbone expects 3",
+    ),
+    (
+        "strings-to-numeric-backbone",
+        clf,
+        "fit",
+        (TEXT, TEXT_Y),
+        ValueError,
+        "X holds strings, but the backbone has no tokenizer",
+    ),
+    (
+        "images-to-text-backbone",
+        lambda: clf(text_backbone()),
+        "fit",
+        (IMG, Y3),
+        ValueError,
+        "The backbone is a text model, but X holds numbers or images",
+    ),
+    (
+        "missing-text",
+        lambda: clf(text_backbone()),
+        "fit",
+        (["a", None, "b"], [0, 1, 0]),
+        ValueError,
+        r"X\[1\] is None; every sample of text input must be a string",
+    ),
+    (
+        "freeze-range",
+        lambda: clf(freeze=4),
+        "fit",
+        (X8, Y3),
+        ValueError,
+        r"freeze=4 is out of range: the backbone has 3 blocks, so use an int in \[-3, 3\]",
+    ),
+    (
+        "freeze-type",
+        lambda: clf(freeze={"depth": 1}),
+        "fit",
+        (X8, Y3),
+        TypeError,
+        r"freeze=\{'depth': 1\} is not a valid freeze policy; use None or 0",
+    ),
+    (
+        "head-value",
+        lambda: clf(head="transformer"),
+        "fit",
+        (X8, Y3),
+        ValueError,
+        r"head='transformer' is not a known head; use one of \['linear', 'mlp'\]",
+    ),
+    (
+        "head-instance",
+        lambda: clf(head=nn.Linear(16, 3)),
+        "fit",
+        (X8, Y3),
+        TypeError,
+        "A module instance would be shared between fits; pass a factory",
+    ),
+    (
+        "pooling-value",
+        lambda: clf(pooling="max"),
+        "fit",
+        (X8, Y3),
+        ValueError,
+        r"pooling='max' is not valid; use one of \['mean', 'cls'\]",
+    ),
+    (
+        "image-size",
+        lambda: clf(tiny_cnn(), image_size=(8,)),
+        "fit",
+        (IMG, Y3),
+        ValueError,
+        r"image_size=\(8,\) is not valid",
+    ),
+    (
+        "max-length",
+        lambda: clf(text_backbone(), max_length=0),
+        "fit",
+        (TEXT, TEXT_Y),
+        ValueError,
+        r"max_length=0 is not valid; use None or a positive int",
+    ),
+    (
+        "random-state",
+        lambda: clf(random_state=-1),
+        "fit",
+        (X8, Y3),
+        ValueError,
+        r"random_state=-1 is not valid; use None, a non-negative int",
+    ),
+    (
+        "backbone-type",
+        lambda: clf(backbone="42" and 42),
+        "fit",
+        (X8, Y3),
+        TypeError,
+        r"backbone must be an nn.Module instance",
+    ),
+    (
+        "predict-before-fit",
+        clf,
+        "predict",
+        (X8,),
+        NotFittedError,
+        "is not initialized yet",
+    ),
+    (
+        "predict-feature-count",
+        fitted_clf,
+        "predict",
+        (X8[:, :5],),
+        ValueError,
+        "X has 5 features, but FineTuneClassifier is expecting 8 features as input",
+    ),
+    (
+        "predict-kind",
+        fitted_clf,
+        "predict",
+        (TEXT,),
+        ValueError,
+        "X holds strings, but FineTuneClassifier was fitted on numeric arrays",
+    ),
+    (
+        "unseen-label",
+        fitted_clf,
+        "partial_fit",
+        (X8, Y3 + 1),
+        ValueError,
+        r"y contains labels \[3\] that are not in classes \[0, 1, 2\]",
+    ),
+    (
+        "regression-targets",
+        lambda: reg().fit(X8, X8[:, 0]),
+        "partial_fit",
+        (X8, X8[:, :2]),
+        ValueError,
+        "y has 2 targets, but FineTuneRegressor was fitted with 1",
+    ),
+    (
+        "mapping-lengths",
+        lambda: clf(text_backbone()),
+        "fit",
+        (
+            {"input_ids": np.zeros((4, 3)), "attention_mask": np.zeros((3, 3))},
+            [0, 1, 0, 1],
+        ),
+        ValueError,
+        "mapping of inputs whose lengths differ",
+    ),
+    (
+        "sample-weight",
+        clf,
+        "fit",
+        (X8, Y3),
+        TypeError,
+        r"unexpected keyword argument\(s\) \['sample_weight'\]",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "method", "args", "error", "message"),
+    [case[1:] for case in BAD_INPUT],
+    ids=[case[0] for case in BAD_INPUT],
+)
+def test_bad_input_is_reported_and_nothing_is_mutated(
+    make, method, args, error, message
+):
+    estimator = make()
+    backbone = estimator.backbone
+    backbone_module = backbone.source if isinstance(backbone, Backbone) else backbone
+    before = (
+        state_snapshot(backbone_module)
+        if isinstance(backbone_module, nn.Module)
+        else None
+    )
+    args_before = copy.deepcopy(args)
+    kwargs = (
+        {"sample_weight": np.ones(30)}
+        if message.endswith(r"\['sample_weight'\]")
+        else {}
+    )
+    with pytest.raises(error, match=message):
+        getattr(estimator, method)(*args, **kwargs)
+    if before is not None:
+        assert_same_state(before, state_snapshot(backbone_module))
+    for arg, arg_before in zip(args, args_before, strict=True):
+        if isinstance(arg, np.ndarray) and arg.dtype != object:
+            np.testing.assert_array_equal(arg, arg_before)
+        elif isinstance(arg, list):
+            assert arg == arg_before
+
+
+def test_bad_input_table_is_large_enough():
+    assert len(BAD_INPUT) >= 20
+
+
+# -- divergence -----------------------------------------------------------------
+
+
+def test_divergence_stops_with_a_clear_error_and_a_usable_estimator():
+    X, y = rng.normal(size=(64, 8)), rng.normal(size=64)
+    estimator = FineTuneRegressor(
+        mlp_backbone(), lr=1e-3, max_epochs=5, batch_size=16, random_state=0
+    )
+    y_bad = y.copy()
+    y_bad[40] = 1e30  # overflows float32 in the loss of the third batch
+    estimator.set_params(iterator_train__shuffle=False)
+    with pytest.raises(
+        FloatingPointError,
+        match=r"Training diverged at epoch 1, batch 3: the loss is inf.*lower learning rate than lr=0.001",
+    ):
+        estimator.fit(X, y_bad)
+    weights = [p for p in estimator.module_.parameters()]
+    assert all(torch.isfinite(p).all() for p in weights)
+    assert np.isfinite(estimator.predict(X)).all()
+
+
+# -- interruption and resume --------------------------------------------------------
+
+
+class InterruptAt(Callback):
+    def __init__(self, epoch, batch=None):
+        self.epoch = epoch
+        self.batch = batch
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        if (
+            training
+            and len(net.history) == self.epoch
+            and len(net.history[-1]["batches"]) == self.batch
+        ):
+            raise KeyboardInterrupt
+
+    def on_epoch_end(self, net, **kwargs):
+        if self.batch is None and len(net.history) == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_leaves_a_usable_estimator(blobs):
+    X, y = blobs
+    estimator = clf(max_epochs=10, callbacks=[InterruptAt(epoch=2, batch=2)]).fit(X, y)
+    assert len(estimator.history_) == 2
+    assert estimator.predict(X).shape == (len(X),)
+
+
+def test_checkpoint_resume_equals_an_uninterrupted_fit(blobs, tmp_path):
+    X, y = blobs
+    kwargs = dict(lr=1e-2, random_state=0, max_epochs=6)
+    full = clf(**kwargs).fit(X, y)
+
+    checkpoint = Checkpoint(monitor=None, dirname=str(tmp_path), f_criterion=None)
+    first = clf(**kwargs, callbacks=[checkpoint, InterruptAt(epoch=3)]).fit(X, y)
+    assert len(first.history_) == 3
+    resumed = clf(
+        **{**kwargs, "max_epochs": 3},
+        callbacks=[
+            Checkpoint(monitor=None, dirname=str(tmp_path), f_criterion=None),
+            LoadInitState(checkpoint),
+        ],
+    ).fit(X, y)
+    assert len(resumed.history_) == 6
+    assert_same_state(state_snapshot(full.module_), state_snapshot(resumed.module_))
+    np.testing.assert_array_equal(full.predict_proba(X), resumed.predict_proba(X))
+
+
+# -- determinism --------------------------------------------------------------------
+
+
+DETERMINISM_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {tests!r})
+    import numpy as np
+    from conftest import mlp_backbone
+    from sktune import FineTuneClassifier
+    rng = np.random.RandomState(0)
+    X, y = rng.normal(size=(80, 8)), np.arange(80) % 3
+    clf = FineTuneClassifier(mlp_backbone(), max_epochs=3, random_state=7).fit(X, y)
+    sys.stdout.write(clf.predict_proba(X).tobytes().hex())
+    """
+)
+
+
+def test_same_seed_gives_bit_identical_predictions_across_processes():
+    script = DETERMINISM_SCRIPT.format(tests=os.path.dirname(__file__))
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        ).stdout
+        for _ in range(2)
+    ]
+    rng_ = np.random.RandomState(0)
+    X, y = rng_.normal(size=(80, 8)), np.arange(80) % 3
+    here = FineTuneClassifier(mlp_backbone(), max_epochs=3, random_state=7).fit(X, y)
+    assert outputs[0] == outputs[1] == here.predict_proba(X).tobytes().hex()
+
+
+def test_two_threads_do_not_interfere(blobs):
+    X, y = blobs
+    expected = {
+        seed: clf(random_state=seed, max_epochs=3).fit(X, y).predict_proba(X)
+        for seed in (0, 1)
+    }
+    results, errors = {}, []
+    estimators = {seed: clf(random_state=seed, max_epochs=3) for seed in (0, 1)}
+
+    def work(seed):
+        try:
+            results[seed] = estimators[seed].fit(X, y).predict_proba(X)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for seed in (0, 1):
+        np.testing.assert_array_equal(results[seed], expected[seed])
+
+
+# -- safe loading and atomic saving -------------------------------------------------
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_a_pickle_payload_in_a_weights_file_is_refused(blobs, tmp_path):
+    X, y = blobs
+    estimator = clf().fit(X, y)
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"module.weight": Payload()}, f, protocol=2)
+    before = state_snapshot(estimator.module_)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        estimator.load_params(f_params=str(path))
+    assert_same_state(before, state_snapshot(estimator.module_))
+
+
+def test_save_params_is_atomic(blobs, tmp_path, monkeypatch):
+    X, y = blobs
+    estimator = clf().fit(X, y)
+    target = tmp_path / "params.pt"
+    estimator.save_params(f_params=str(target))
+    good = target.read_bytes()
+
+    real_save = torch.save
+
+    def failing_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as fh:
+            fh.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    estimator.fit(X[:50], y[:50])
+    with pytest.raises(OSError, match="disk full"):
+        estimator.save_params(f_params=str(target))
+    monkeypatch.setattr(torch, "save", real_save)
+    assert target.read_bytes() == good
+    assert os.listdir(tmp_path) == ["params.pt"]
+    restored = clf().fit(X, y)
+    restored.load_params(f_params=str(target))
