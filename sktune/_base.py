@@ -18,11 +18,14 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from sklearn.base import clone
+from skorch.dataset import Dataset as SkorchDataset
 from skorch.dataset import unpack_data
 from skorch.exceptions import NotInitializedError
+from skorch.utils import to_device
 
 from .backbones import as_backbone
 from .blocks import block_map, record_child_order
+from .cache import STORE, fingerprint, plan_split, sample_digests
 from .data import (
     ImagePreprocess,
     TextCollator,
@@ -230,8 +233,126 @@ class FineTuneMixin:
                 self._input_kind = kind
                 self._example_X = _head(X)
                 self.initialize()
-            super().partial_fit(X, y, **fit_params)
+                self.cache_info_ = {
+                    "enabled": False,
+                    "reason": None,
+                    "computed": 0,
+                    "reused": 0,
+                }
+            if self._use_cache(len(y)):
+                H = self._prefix_outputs(X)
+                with self._on_cut():
+                    super().partial_fit(H, y, **fit_params)
+            else:
+                super().partial_fit(X, y, **fit_params)
         return self
+
+    # -- frozen-prefix cache --------------------------------------------------
+
+    def _use_cache(self, n_samples: int, *, training: bool = True) -> bool:
+        """Whether this call runs on cached prefix outputs; say why not."""
+        if self.cache is False or self.module_.split is None:
+            reason = "cache=False" if self.cache is False else self._cache_reason
+        elif training and not (
+            self.dataset is SkorchDataset
+            and "collate_fn" not in self.get_params_for("iterator_train")
+        ):
+            reason = "a custom dataset or collate_fn may augment the data"
+        elif n_samples * self._cache_row_bytes > self.cache_size * 2**20:
+            reason = (
+                f"the prefix outputs of {n_samples} samples need "
+                f"{n_samples * self._cache_row_bytes / 2**20:.0f} MB, more than "
+                f"cache_size={self.cache_size} MB"
+            )
+        else:
+            reason = None
+        if training:
+            self.cache_info_.update(enabled=reason is None, reason=reason)
+            if reason is not None and self.cache is True:
+                raise ValueError(
+                    f"cache=True, but the frozen prefix cannot be cached: {reason}."
+                )
+            if reason is not None and self.verbose and self.cache == "auto":
+                print(f"Frozen-prefix cache off: {reason}.")
+        return reason is None
+
+    def _cache_context(self) -> tuple:
+        net = self.module_
+        preprocess = net.preprocess
+        # The frozen prefix holds the pristine weights, whose digest is
+        # memoized across fits and clones; lazy layers are only materialized
+        # (by a seeded init) in the training copy, so that is what counts then.
+        pristine = as_backbone(self.backbone).module()
+        weights = (
+            net.backbone
+            if any(_is_lazy(p) for p in pristine.parameters())
+            else pristine
+        )
+        return (
+            fingerprint(weights),
+            net.split.key(),
+            self._input_kind,
+            None
+            if preprocess is None
+            else (
+                tuple(preprocess.mean.flatten().tolist()),
+                tuple(preprocess.std.flatten().tolist()),
+                preprocess.size,
+            ),
+            net.pooling,
+            self._max_length() if self._is_text() else None,
+        )
+
+    def _prefix_outputs(self, X) -> torch.Tensor:
+        """Prefix outputs of ``X``, computed once per sample and stored."""
+        context = self._cache_context()
+        digests = sample_digests(X)
+        rows = STORE.lookup(context, digests)
+        missing = [i for i, row in enumerate(rows) if row is None]
+        if missing:
+            subset = _take(X, missing)
+            net = self.module_
+            was_training = net.training
+            net.eval()
+            outputs = []
+            with torch.no_grad():
+                for batch in self.get_iterator(
+                    self.get_dataset(subset), training=False
+                ):
+                    xb = to_device(unpack_data(batch)[0], self.device)
+                    n = (
+                        len(next(iter(xb.values())))
+                        if isinstance(xb, dict)
+                        else len(xb)
+                    )
+                    out = (
+                        net.prefix(**xb)
+                        if isinstance(xb, dict)
+                        else net.prefix(self._pad(xb))
+                    )
+                    outputs.append(out[:n].to("cpu"))
+            net.train(was_training)
+            computed = torch.cat(outputs)
+            STORE.insert(
+                context,
+                [digests[i] for i in missing],
+                computed,
+                self.cache_size * 2**20,
+            )
+            for i, row in zip(missing, computed, strict=True):
+                rows[i] = row
+        self.cache_info_["computed"] += len(missing)
+        self.cache_info_["reused"] += len(rows) - len(missing)
+        return torch.stack(rows)
+
+    @contextmanager
+    def _on_cut(self):
+        """Train or predict on cached prefix outputs instead of raw input."""
+        self.module_.from_cut = self._from_cut = True
+        try:
+            yield
+        finally:
+            self.module_.from_cut = self._from_cut = False
 
     def check_data(self, X, y=None):
         # Data is validated in fit/partial_fit, before skorch sees it.
@@ -270,10 +391,39 @@ class FineTuneMixin:
         plan = plan_freeze(backbone, blocks, self.freeze)
         apply_freeze(backbone, plan)
         head = build_head(self.head, features.shape[1], self._n_head_outputs)
-        self.module_ = FineTuneNetwork(backbone, head, plan, preprocess, pooling)
+        split = self._plan_cache(backbone, plan, order, batch, preprocess)
+        self.module_ = FineTuneNetwork(backbone, head, plan, preprocess, pooling, split)
+        if split is not None:
+            with torch.no_grad():
+                self.module_.eval()
+                row = (
+                    self.module_.prefix(**batch)
+                    if isinstance(batch, dict)
+                    else self.module_.prefix(batch)
+                )
+            self._cache_row_bytes = row[0].numel() * row.element_size()
         self.blocks_ = blocks
         self.n_blocks_ = len(blocks)
         return self
+
+    def _plan_cache(self, backbone, plan, order, batch, preprocess):
+        if not (isinstance(self.cache, bool) or self.cache == "auto"):
+            raise ValueError(
+                f"cache={self.cache!r} is not valid; use 'auto', True or False."
+            )
+        size = self.cache_size
+        if isinstance(size, bool) or not isinstance(size, numbers.Real) or not size > 0:
+            raise ValueError(
+                f"cache_size={size!r} is not valid; use a positive number of megabytes."
+            )
+        self._cache_reason = None
+        if self.cache is False:
+            return None
+        split = plan_split(backbone, plan, order, batch, preprocess)
+        if isinstance(split, str):
+            self._cache_reason = split
+            return None
+        return split
 
     def get_dataset(self, X, y=None):
         if self._is_text() and not isinstance(X, torch.utils.data.Dataset):
@@ -281,6 +431,8 @@ class FineTuneMixin:
         return super().get_dataset(X, y)
 
     def _is_text(self) -> bool:
+        if getattr(self, "_from_cut", False):
+            return False
         return getattr(self, "_input_kind", None) in ("text", "pairs")
 
     def train_step_single(self, batch, **fit_params):
@@ -400,16 +552,28 @@ class FineTuneMixin:
         # other samples share its batch (float32 GEMMs of different heights
         # round differently).
         Xi, yi = unpack_data(batch)
-        size = self.get_params_for("iterator_valid").get("batch_size", self.batch_size)
-        n = len(Xi) if isinstance(Xi, torch.Tensor) else None
-        if training or n is None or size == -1 or n >= size:
+        if training or not isinstance(Xi, torch.Tensor):
             return super().evaluation_step(batch, training=training)
-        padded = torch.cat([Xi, Xi[:1].expand(size - n, *Xi.shape[1:])])
-        return super().evaluation_step((padded, yi), training=training)[:n]
+        return super().evaluation_step((self._pad(Xi), yi), training=training)[
+            : len(Xi)
+        ]
 
     def _forward_numpy(self, X) -> np.ndarray:
         """Raw head outputs for validated ``X``, one row per sample."""
-        return super().predict_proba(X)
+        if isinstance(X, torch.utils.data.Dataset) or not self._use_cache(
+            _n_samples(X), training=False
+        ):
+            return super().predict_proba(X)
+        H = self._prefix_outputs(X)
+        with self._on_cut():
+            return super().predict_proba(H)
+
+    def _pad(self, xb: torch.Tensor) -> torch.Tensor:
+        """Pad a short batch to the inference batch size (see evaluation_step)."""
+        size = self.get_params_for("iterator_valid").get("batch_size", self.batch_size)
+        if size == -1 or len(xb) >= size:
+            return xb
+        return torch.cat([xb, xb[:1].expand(size - len(xb), *xb.shape[1:])])
 
     # -- introspection ------------------------------------------------------
 
@@ -498,6 +662,18 @@ def _probe(backbone: torch.nn.Module, preprocess, batch):
         remove()
         backbone.train(was_training)
     return features, order
+
+
+def _n_samples(X) -> int:
+    return len(next(iter(X.values()))) if isinstance(X, dict) else len(X)
+
+
+def _take(X, indices):
+    if isinstance(X, dict):
+        return {k: v[indices] for k, v in X.items()}
+    if isinstance(X, list):
+        return [X[i] for i in indices]
+    return X[indices]
 
 
 def _head(X):

@@ -16,11 +16,15 @@ __all__ = ["FineTuneClassifier", "FineTuneRegressor"]
 _COMMON_PARAMS = """
     Parameters
     ----------
-    backbone : nn.Module, callable or Backbone
+    backbone : nn.Module, callable, str or Backbone
         The pretrained network. A module instance is never modified: every
         fit trains a private copy. A zero-argument callable is called once per
-        fit. A :class:`sktune.Backbone` keeps the pristine weights shared
-        between clones.
+        fit. A string spec loads a pretrained model: ``"timm:NAME"``,
+        ``"torchvision:NAME"``, ``"hf:ID_OR_DIR"`` (Hugging Face
+        transformers), or a local Hugging Face directory; its classifier is
+        replaced by the fresh head. ``Backbone(spec, weights=PATH)`` loads
+        local weights instead of downloading them. A :class:`sktune.Backbone`
+        keeps the pristine weights shared between clones.
     freeze : None, int, float, "all", list of str or Freeze, default=None
         Which part of the backbone stays frozen, counted in blocks from the
         input side (see ``describe()`` and ``n_blocks_``): None or 0 trains
@@ -36,16 +40,25 @@ _COMMON_PARAMS = """
     random_state : None, int or numpy RandomState, default=None
         Seeds head initialization, batch order and dropout, so that the same
         value gives the same model. The global RNG state is left as it was.
-    pooling : None, "mean" or "cls", default=None
-        How token sequences become one feature vector: the mean over
-        (unpadded) tokens or the first token. None uses the backbone's own
-        default (a sentence-transformers model states its pooling).
+    pooling : None, "mean", "cls" or "max", default=None
+        How token sequences become one feature vector: the mean or maximum
+        over (unpadded) tokens, or the first token. None uses the backbone's
+        own default (a sentence-transformers model states its pooling; other
+        Hugging Face encoders default to "mean").
     max_length : None or int, default=None
         Text is truncated to this many tokens (None: the tokenizer's limit,
         at most 512). Batches are padded only to their longest member.
     image_size : None, "auto", int or (int, int), default=None
         Resize uint8 images to this size before the backbone; "auto" uses the
         backbone's pretrained input size, None keeps the images' size.
+    cache : "auto", True or False, default="auto"
+        Compute the frozen input side of the backbone once per sample instead
+        of every epoch, and reuse it across refits, folds and grid-search
+        candidates that share the backbone and the cut (see
+        :mod:`sktune.cache`). "auto" caches whenever that is exact and fits
+        in ``cache_size``; True raises if it cannot; False never caches.
+    cache_size : float, default=1024
+        Memory budget of the cache in MB (shared by the process).
     criterion : torch criterion class, default={criterion}
     optimizer : torch optimizer class, default=torch.optim.AdamW
     lr : float, default=1e-3
@@ -79,6 +92,10 @@ _COMMON_ATTRIBUTES = """
         Column names, when X was a DataFrame with string column names.
     history_ : skorch History
         Per-epoch and per-batch training records.
+    cache_info_ : dict
+        Whether the frozen-prefix cache was used ("enabled"), why not
+        ("reason"), and how many samples' prefix outputs were computed or
+        reused.
 """
 
 
@@ -124,6 +141,8 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
         pooling=None,
         max_length=None,
         image_size=None,
+        cache="auto",
+        cache_size=1024,
         criterion=nn.CrossEntropyLoss,
         optimizer=torch.optim.AdamW,
         lr=1e-3,
@@ -140,6 +159,8 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
         self.pooling = pooling
         self.max_length = max_length
         self.image_size = image_size
+        self.cache = cache
+        self.cache_size = cache_size
         super().__init__(
             None,
             criterion=criterion,
@@ -229,6 +250,8 @@ class FineTuneRegressor(FineTuneMixin, NeuralNetRegressor):
         pooling=None,
         max_length=None,
         image_size=None,
+        cache="auto",
+        cache_size=1024,
         criterion=nn.MSELoss,
         optimizer=torch.optim.AdamW,
         lr=1e-3,
@@ -245,6 +268,8 @@ class FineTuneRegressor(FineTuneMixin, NeuralNetRegressor):
         self.pooling = pooling
         self.max_length = max_length
         self.image_size = image_size
+        self.cache = cache
+        self.cache_size = cache_size
         super().__init__(
             None,
             criterion=criterion,

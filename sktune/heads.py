@@ -55,7 +55,7 @@ def build_head(
     return module
 
 
-POOLINGS = ("mean", "cls")
+POOLINGS = ("mean", "cls", "max")
 
 
 def pool_features(output, pooling: str | None = None) -> torch.Tensor:
@@ -63,7 +63,8 @@ def pool_features(output, pooling: str | None = None) -> torch.Tensor:
 
     - ``(N, D)`` tensors are used as they are;
     - ``(N, T, D)`` sequences are averaged over tokens (``pooling="mean"``, the
-      default) or reduced to their first token (``pooling="cls"``);
+      default), reduced to their first token (``pooling="cls"``) or to their
+      maximum (``pooling="max"``);
     - ``(N, C, H, W, ...)`` feature maps are averaged over the spatial axes;
     - tuples and lists use their first element; mappings (model outputs) their
       ``last_hidden_state``.
@@ -85,7 +86,11 @@ def pool_features(output, pooling: str | None = None) -> torch.Tensor:
     if output.ndim == 2:
         return output
     if output.ndim == 3:
-        return output[:, 0] if pooling == "cls" else output.mean(dim=1)
+        if pooling == "cls":
+            return output[:, 0]
+        if pooling == "max":
+            return output.amax(dim=1)
+        return output.mean(dim=1)
     if output.ndim > 3:
         return output.mean(dim=tuple(range(2, output.ndim)))
     raise ValueError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .cache import Split, run_units
 from .freeze import FreezePlan, set_frozen_eval
 from .heads import pool_features
 
@@ -37,6 +38,7 @@ class FineTuneNetwork(nn.Module):
         plan: FreezePlan,
         preprocess: nn.Module | None = None,
         pooling: str | None = None,
+        split: Split | None = None,
     ):
         super().__init__()
         self.preprocess = preprocess
@@ -44,6 +46,9 @@ class FineTuneNetwork(nn.Module):
         self.head = head
         self.plan = plan
         self.pooling = pooling
+        self.split = split
+        # True while the input is the cached output of the frozen prefix.
+        self.from_cut = False
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -51,16 +56,17 @@ class FineTuneNetwork(nn.Module):
             set_frozen_eval(self.backbone, self.plan)
         return self
 
+    def prefix(self, X=None, **inputs):
+        """The output of the frozen prefix: what the feature cache stores."""
+        if self.split.whole:
+            return self.features(X, **inputs)
+        x = self.preprocess(X) if self.preprocess is not None else X
+        return run_units(self.backbone, self.split.units[: self.split.cut], x)
+
     def features(self, X=None, **inputs):
         """The pooled backbone features that the head sees."""
         if X is None:
             out = self.backbone(**inputs)
-        elif inputs:
-            # skorch passes fit parameters to forward; none is supported here.
-            raise TypeError(
-                f"unexpected keyword argument(s) {sorted(inputs)}: the network takes "
-                "the input X only (sample_weight is not supported)."
-            )
         else:
             out = self.backbone(
                 self.preprocess(X) if self.preprocess is not None else X
@@ -68,4 +74,15 @@ class FineTuneNetwork(nn.Module):
         return pool_features(out, self.pooling)
 
     def forward(self, X=None, **inputs):
+        if X is not None and inputs:
+            # skorch passes fit parameters to forward; none is supported here.
+            raise TypeError(
+                f"unexpected keyword argument(s) {sorted(inputs)}: the network takes "
+                "the input X only (sample_weight is not supported)."
+            )
+        if self.from_cut:
+            if not self.split.whole:
+                suffix = self.split.units[self.split.cut :]
+                X = pool_features(run_units(self.backbone, suffix, X), self.pooling)
+            return self.head(X)
         return self.head(self.features(X, **inputs))

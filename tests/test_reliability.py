@@ -212,11 +212,11 @@ BAD_INPUT = [
     ),
     (
         "pooling-value",
-        lambda: clf(pooling="max"),
+        lambda: clf(pooling="last"),
         "fit",
         (X8, Y3),
         ValueError,
-        r"pooling='max' is not valid; use one of \['mean', 'cls'\]",
+        r"pooling='last' is not valid; use one of \['mean', 'cls', 'max'\]",
     ),
     (
         "image-size",
@@ -249,6 +249,22 @@ BAD_INPUT = [
         (X8, Y3),
         TypeError,
         r"backbone must be an nn.Module instance",
+    ),
+    (
+        "unknown-spec-prefix",
+        lambda: clf("keras:resnet"),
+        "fit",
+        (X8, Y3),
+        ValueError,
+        r"unknown prefix 'keras'; accepted prefixes are 'timm:', 'torchvision:', 'hf:'",
+    ),
+    (
+        "missing-local-path",
+        lambda: clf("/nonexistent/model_dir"),
+        "fit",
+        (X8, Y3),
+        (OSError, ValueError),
+        r"/nonexistent/model_dir",
     ),
     (
         "predict-before-fit",

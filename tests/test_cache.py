@@ -1,0 +1,255 @@
+"""The frozen-prefix feature cache: exactness, reuse, and when it is off."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import mlp_backbone, text_backbone, tiny_cnn
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV
+from torch import nn
+
+from sktune import Backbone, FineTuneClassifier, Freeze
+from sktune.cache import STORE, fingerprint
+
+
+@pytest.fixture(autouse=True)
+def empty_store():
+    STORE.clear()
+    yield
+    STORE.clear()
+
+
+class CountingLinear(nn.Linear):
+    """Counts the samples it has processed (class-wide, across copies)."""
+
+    seen = 0
+
+    def forward(self, x):
+        CountingLinear.seen += len(x)
+        return super().forward(x)
+
+
+def counting_backbone():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return nn.Sequential(
+            CountingLinear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU()
+        )
+
+
+def make(backbone=None, **kwargs):
+    params = dict(max_epochs=5, lr=1e-2, random_state=0)
+    params.update(kwargs)
+    return FineTuneClassifier(
+        backbone if backbone is not None else mlp_backbone(), **params
+    )
+
+
+@pytest.mark.parametrize("freeze", ["all", 1, 2, Freeze(depth=-1)])
+def test_cache_on_and_off_give_the_same_model(blobs, freeze):
+    X, y = blobs
+    on = make(freeze=freeze).fit(X, y)
+    off = make(freeze=freeze, cache=False).fit(X, y)
+    assert on.cache_info_["enabled"] and not off.cache_info_["enabled"]
+    np.testing.assert_allclose(on.predict_proba(X), off.predict_proba(X), atol=1e-5)
+    for (name, a), b in zip(
+        on.module_.named_parameters(), off.module_.parameters(), strict=True
+    ):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_frozen_prefix_runs_once_per_sample_not_once_per_epoch(blobs):
+    X, y = blobs
+    CountingLinear.seen = 0
+    make(counting_backbone(), freeze=1, max_epochs=5, cache=False).fit(X, y)
+    uncached = CountingLinear.seen
+    CountingLinear.seen = 0
+    clf = make(counting_backbone(), freeze=1, max_epochs=5).fit(X, y)
+    assert clf.module_.split.cut == 2  # Linear and the ReLU after it
+    assert uncached >= 5 * len(X)
+    # One pass (its last batch padded to the batch size), plus a few probe samples.
+    assert CountingLinear.seen <= len(X) + clf.batch_size + 4
+
+
+def test_chain_split_of_a_cnn_and_prediction_from_the_cache(images):
+    X, y = images
+    clf = make(tiny_cnn(), freeze=2, lr=3e-3).fit(X, y)
+    assert clf.module_.split.units == (
+        "stem.0",
+        "stem.1",
+        "stem.2",
+        "stage1.0",
+        "stage1.1",
+        "stage1.2",
+        "stage2.0",
+        "stage2.1",
+        "stage2.2",
+        "pool",
+    )
+    assert clf.module_.split.cut == 6
+    reused = clf.cache_info_["reused"]
+    proba = clf.predict_proba(X)
+    assert clf.cache_info_["reused"] == reused + len(X)  # predict read the store
+    off = make(tiny_cnn(), freeze=2, lr=3e-3, cache=False).fit(X, y)
+    np.testing.assert_allclose(proba, off.predict_proba(X), atol=1e-5)
+
+
+def test_grid_search_candidates_and_folds_share_prefix_outputs(blobs):
+    X, y = blobs
+    search = GridSearchCV(
+        make(freeze="all", max_epochs=2), {"lr": [1e-3, 1e-2, 1e-1]}, cv=3, refit=False
+    )
+    search.fit(X, y)
+    # 3 candidates x 3 folds x (fit + score) touch 18 subsets; each sample's
+    # features were computed once.
+    assert STORE.nbytes() == len(X) * 16 * 4
+    clf = clone(search.estimator).fit(X, y)
+    assert clf.cache_info_ == {
+        "enabled": True,
+        "reason": None,
+        "computed": 0,
+        "reused": len(X),
+    }
+
+
+def test_different_data_or_weights_are_not_confused(blobs):
+    X, y = blobs
+    backbone = mlp_backbone()
+    first = make(backbone, freeze="all").fit(X, y)
+    shifted = make(backbone, freeze="all").fit(X + 1.0, y)
+    assert shifted.cache_info_["computed"] == len(X)
+    with torch.no_grad():
+        backbone[0].weight.mul_(2.0)  # a user changing the module in place
+    changed = make(backbone, freeze="all").fit(X, y)
+    assert changed.cache_info_["computed"] == len(X)
+    assert not np.allclose(first.predict_proba(X), changed.predict_proba(X))
+
+
+def test_fingerprint_follows_in_place_updates():
+    module = mlp_backbone()
+    before = fingerprint(module)
+    assert fingerprint(module) == before
+    with torch.no_grad():
+        module[2].bias.add_(1.0)
+    assert fingerprint(module) != before
+
+
+def test_text_linear_probe_is_cached(reviews):
+    texts, labels = reviews
+    on = FineTuneClassifier(
+        text_backbone(), freeze="all", lr=1e-2, max_epochs=10, random_state=0
+    ).fit(texts, labels)
+    off = FineTuneClassifier(
+        text_backbone(),
+        freeze="all",
+        lr=1e-2,
+        max_epochs=10,
+        random_state=0,
+        cache=False,
+    ).fit(texts, labels)
+    assert on.cache_info_["enabled"]
+    np.testing.assert_allclose(
+        on.predict_proba(texts), off.predict_proba(texts), atol=1e-5
+    )
+    partial = FineTuneClassifier(text_backbone(), freeze=1, max_epochs=1).fit(
+        texts, labels
+    )
+    assert partial.cache_info_ == {
+        "enabled": False,
+        "reason": "the backbone takes keyword inputs, so only freeze='all' is cached",
+        "computed": 0,
+        "reused": 0,
+    }
+
+
+class TokenModel(nn.Module):
+    """Adds a learned token between children: not a chain of its children."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(8, 8)
+        self.token = nn.Parameter(torch.ones(8))
+        self.block = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.block(self.embed(x) + self.token)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "kwargs", "reason"),
+    [
+        (
+            TokenModel,
+            {"freeze": ["embed.*"]},
+            "running the backbone's children in order does not reproduce its forward pass",
+        ),
+        (mlp_backbone, {"freeze": 0}, "no frozen block at the input side"),
+        (
+            mlp_backbone,
+            {"freeze": 1, "cache_size": 1e-3},
+            "need 0 MB, more than cache_size=0.001 MB",
+        ),
+        (
+            mlp_backbone,
+            {
+                "freeze": 1,
+                "iterator_train__collate_fn": torch.utils.data.default_collate,
+            },
+            "a custom dataset or collate_fn may augment the data",
+        ),
+        (mlp_backbone, {"freeze": 1, "cache": False}, "cache=False"),
+    ],
+)
+def test_cache_off_with_the_reason(blobs, images, backbone, kwargs, reason):
+    X, y = images if backbone is tiny_cnn else blobs
+    clf = make(backbone(), max_epochs=1, **kwargs).fit(X, y)
+    assert not clf.cache_info_["enabled"]
+    assert reason in clf.cache_info_["reason"]
+
+
+def test_train_bn_cuts_before_the_first_trained_batchnorm(images):
+    X, y = images
+    clf = make(tiny_cnn(), freeze=Freeze(depth=2, train_bn=True), max_epochs=1).fit(
+        X, y
+    )
+    assert clf.cache_info_["enabled"]
+    assert clf.module_.split.units[: clf.module_.split.cut] == ("stem.0",)
+
+
+def test_cache_true_raises_when_impossible(blobs):
+    X, y = blobs
+    with pytest.raises(
+        ValueError,
+        match=r"cache=True, but the frozen prefix cannot be cached: no frozen block",
+    ):
+        make(freeze=0, cache=True).fit(X, y)
+
+
+def test_verbose_says_why_the_cache_is_off(blobs, capsys):
+    X, y = blobs
+    make(freeze=0, verbose=1, max_epochs=1).fit(X, y)
+    assert (
+        "Frozen-prefix cache off: no frozen block at the input side."
+        in capsys.readouterr().out
+    )
+
+
+@pytest.mark.parametrize(
+    ("cache", "size", "message"),
+    [
+        ("yes", 10, r"cache='yes' is not valid; use 'auto', True or False"),
+        ("auto", -1, r"cache_size=-1 is not valid"),
+    ],
+)
+def test_bad_cache_parameters(blobs, cache, size, message):
+    X, y = blobs
+    with pytest.raises(ValueError, match=message):
+        make(cache=cache, cache_size=size).fit(X, y)
+
+
+def test_backbone_wrapper_shares_the_fingerprint_between_clones(blobs):
+    X, y = blobs
+    clf = make(Backbone(mlp_backbone()), freeze="all")
+    clf.fit(X, y)
+    again = clone(clf).fit(X, y)
+    assert again.cache_info_["reused"] == len(X)
