@@ -568,6 +568,33 @@ class FineTuneMixin:
         with self._on_cut():
             return super().predict_proba(H)
 
+    def embed(self, X) -> np.ndarray:
+        """The pooled backbone features of ``X``: what the head sees.
+
+        Useful to inspect the representation or to fit another model on it.
+        With ``freeze="all"`` they come from the frozen-prefix cache.
+        """
+        X = self._check_predict_X(X)
+        net = self.module_
+        if (
+            net.split is not None
+            and net.split.whole
+            and self._use_cache(_n_samples(X), training=False)
+        ):
+            return self._prefix_outputs(X).numpy()
+        was_training = net.training
+        net.eval()
+        outputs = []
+        with torch.no_grad():
+            for batch in self.get_iterator(self.get_dataset(X), training=False):
+                xb = to_device(unpack_data(batch)[0], self.device)
+                if isinstance(xb, dict):
+                    outputs.append(net.features(**xb).cpu())
+                else:
+                    outputs.append(net.features(self._pad(xb))[: len(xb)].cpu())
+        net.train(was_training)
+        return torch.cat(outputs).numpy()
+
     def _pad(self, xb: torch.Tensor) -> torch.Tensor:
         """Pad a short batch to the inference batch size (see evaluation_step)."""
         size = self.get_params_for("iterator_valid").get("batch_size", self.batch_size)
