@@ -33,6 +33,7 @@ from .data import (
     check_fit_data,
     check_predict_data,
     input_spec,
+    pad_token_states,
 )
 from .freeze import apply_freeze, plan_freeze
 from .heads import POOLINGS, build_head, pool_features
@@ -320,19 +321,17 @@ class FineTuneMixin:
                     self.get_dataset(subset), training=False
                 ):
                     xb = to_device(unpack_data(batch)[0], self.device)
-                    n = (
-                        len(next(iter(xb.values())))
-                        if isinstance(xb, dict)
-                        else len(xb)
-                    )
-                    out = (
-                        net.prefix(**xb)
-                        if isinstance(xb, dict)
-                        else net.prefix(self._pad(xb))
-                    )
-                    outputs.append(out[:n].to("cpu"))
+                    if isinstance(xb, dict) and net.split.tokens:
+                        # One (T_i, D) tensor per text: its tokens, no padding.
+                        states = net.prefix(**xb).to("cpu")
+                        lengths = xb["attention_mask"].sum(1).tolist()
+                        outputs.extend(states[i, :n] for i, n in enumerate(lengths))
+                    elif isinstance(xb, dict):
+                        outputs.extend(net.prefix(**xb).to("cpu"))
+                    else:
+                        outputs.extend(net.prefix(self._pad(xb))[: len(xb)].to("cpu"))
             net.train(was_training)
-            computed = torch.cat(outputs)
+            computed = outputs
             STORE.insert(
                 context,
                 [digests[i] for i in missing],
@@ -343,7 +342,7 @@ class FineTuneMixin:
                 rows[i] = row
         self.cache_info_["computed"] += len(missing)
         self.cache_info_["reused"] += len(rows) - len(missing)
-        return torch.stack(rows)
+        return rows if self.module_.split.tokens else torch.stack(rows)
 
     @contextmanager
     def _on_cut(self):
@@ -391,7 +390,9 @@ class FineTuneMixin:
         plan = plan_freeze(backbone, blocks, self.freeze)
         apply_freeze(backbone, plan)
         head = build_head(self.head, features.shape[1], self._n_head_outputs)
+        self._blocks_for_cache = blocks
         split = self._plan_cache(backbone, plan, order, batch, preprocess)
+        del self._blocks_for_cache
         self.module_ = FineTuneNetwork(backbone, head, plan, preprocess, pooling, split)
         if split is not None:
             with torch.no_grad():
@@ -419,15 +420,27 @@ class FineTuneMixin:
         self._cache_reason = None
         if self.cache is False:
             return None
-        split = plan_split(backbone, plan, order, batch, preprocess)
+        split = plan_split(
+            backbone, plan, self._blocks_for_cache, order, batch, preprocess
+        )
+        if (
+            not isinstance(split, str)
+            and split.tokens
+            and getattr(self.tokenizer_, "padding_side", "right") != "right"
+        ):
+            split = "the tokenizer pads on the left"
         if isinstance(split, str):
             self._cache_reason = split
             return None
         return split
 
     def get_dataset(self, X, y=None):
-        if self._is_text() and not isinstance(X, torch.utils.data.Dataset):
+        if isinstance(X, torch.utils.data.Dataset):
+            return super().get_dataset(X, y)
+        if self._is_text():
             return TextDataset(X, y)
+        if getattr(self, "_from_cut", False) and self.module_.split.tokens:
+            return TextDataset(X, y)  # per-text token states, padded per batch
         return super().get_dataset(X, y)
 
     def _is_text(self) -> bool:
@@ -521,6 +534,8 @@ class FineTuneMixin:
             kwargs.setdefault(
                 "collate_fn", TextCollator(self.tokenizer_, self._max_length())
             )
+        elif getattr(self, "_from_cut", False) and self.module_.split.tokens:
+            kwargs["collate_fn"] = pad_token_states
         return iterator(dataset, **kwargs)
 
     def _max_length(self) -> int:

@@ -12,6 +12,7 @@ embeddings and layers.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import os
@@ -133,6 +134,95 @@ class HFEncoder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"pooling={self.pooling!r}, source={self.source!r}"
+
+    # -- split at a layer, for the frozen-prefix cache ------------------------
+
+    def layers_path(self) -> str | None:
+        """Where the model keeps its list of transformer layers, if it does."""
+        if not isinstance(getattr(self.model, "embeddings", None), nn.Module):
+            return None
+        for path in _LAYER_PATHS:
+            try:
+                layers = self.model.get_submodule(path)
+            except AttributeError:
+                continue
+            if isinstance(layers, nn.ModuleList):
+                return path
+        return None
+
+    def prefix_states(
+        self,
+        n_layers: int,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token states ``(N, T, D)`` after the embeddings and ``n_layers`` layers."""
+        kwargs = {
+            "input_ids": _as_ids(input_ids),
+            "attention_mask": _as_ids(attention_mask),
+        }
+        if token_type_ids is not None and self.takes_token_type_ids:
+            kwargs["token_type_ids"] = _as_ids(token_type_ids)
+        # The model cut after n_layers layers: its last hidden state is the
+        # input of layer n_layers (no encoder of this family normalizes after
+        # its layers; the cache verifies the split against the full model).
+        output = self._view(0, n_layers, from_states=False)(**kwargs)
+        return output["last_hidden_state"] if isinstance(output, Mapping) else output[0]
+
+    def suffix_features(
+        self, n_layers: int, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Pooled features from token states after ``n_layers`` layers."""
+        output = self._view(n_layers, None, from_states=True)(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask
+        )
+        hidden = (
+            output["last_hidden_state"] if isinstance(output, Mapping) else output[0]
+        )
+        return pool_tokens(hidden, attention_mask, self.pooling)
+
+    def _view(self, start: int, stop: int | None, *, from_states: bool) -> nn.Module:
+        """The model running only layers ``[start:stop]``, sharing its weights.
+
+        A shallow copy of the model whose layer list is sliced; with
+        ``from_states``, its embeddings module hands ``inputs_embeds`` (the
+        cached token states) through unchanged. The model's own forward still
+        builds the attention mask, so this works across encoder families.
+        """
+        # Built per call (two shallow copies): a cached view would keep the
+        # train/eval flags of the moment it was built.
+        path = self.layers_path()
+        parent_path, attr = path.rsplit(".", 1)
+        view = _shallow(self.model)
+        parent = _shallow(self.model.get_submodule(parent_path))
+        parent._modules[attr] = nn.ModuleList(
+            list(self.model.get_submodule(path))[start:stop]
+        )
+        view._modules[parent_path] = parent
+        if from_states:
+            view._modules["embeddings"] = _PassEmbeddings()
+        return view
+
+
+_LAYER_PATHS = ("encoder.layer", "transformer.layer", "encoder.layers")
+
+
+def _shallow(module: nn.Module) -> nn.Module:
+    copied = copy.copy(module)
+    copied._modules = dict(module._modules)
+    return copied
+
+
+class _PassEmbeddings(nn.Module):
+    """Stands in for the embeddings: the input is already token states."""
+
+    def forward(self, *args, inputs_embeds=None, **kwargs):
+        if inputs_embeds is None and len(args) > 1:
+            inputs_embeds = args[
+                1
+            ]  # DistilBERT calls embeddings(input_ids, inputs_embeds)
+        return inputs_embeds
 
 
 def pool_tokens(

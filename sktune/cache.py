@@ -56,16 +56,23 @@ class Split:
         cached: ``freeze="all"``).
     cut : int
         Units ``[:cut]`` form the cached prefix; ``[cut:]`` run every epoch.
+        For a text encoder, the number of transformer layers in the prefix.
+    tokens : bool
+        Whether the prefix outputs are token states of a text encoder (one
+        ``(T_i, D)`` tensor per text, re-padded per batch).
     """
 
     units: tuple[str, ...]
     cut: int
+    tokens: bool = False
 
     @property
     def whole(self) -> bool:
-        return not self.units
+        return not self.units and not self.tokens
 
     def key(self) -> tuple:
+        if self.tokens:
+            return ("tokens", self.cut)
         return ("all",) if self.whole else (self.units[: self.cut],)
 
 
@@ -98,6 +105,7 @@ def run_units(backbone: nn.Module, units, h):
 def plan_split(
     backbone: nn.Module,
     plan: FreezePlan,
+    blocks,
     child_order: list[str],
     example,
     preprocess=None,
@@ -108,9 +116,6 @@ def plan_split(
     all_eval = all(name in eval_modules for name, _ in backbone.named_modules())
     if not trainable and all_eval:
         return Split((), 0)
-    if not isinstance(example, torch.Tensor):
-        return "the backbone takes keyword inputs, so only freeze='all' is cached"
-    units = chain_units(backbone, child_order)
 
     def static(unit: str) -> bool:
         module = backbone.get_submodule(unit)
@@ -120,6 +125,10 @@ def plan_split(
             ".".join(filter(None, (unit, n))) in eval_modules
             for n, _ in module.named_modules()
         )
+
+    if isinstance(example, dict):
+        return _plan_token_split(backbone, blocks, static, example)
+    units = chain_units(backbone, child_order)
 
     cut = 0
     while cut < len(units) and static(units[cut]):
@@ -138,6 +147,32 @@ def plan_split(
     ):
         return "running the backbone's children in order does not reproduce its forward pass"
     return Split(tuple(units), cut)
+
+
+def _plan_token_split(backbone, blocks, static, example) -> Split | str:
+    """Cut a text encoder after its embeddings and first frozen layers."""
+    if not hasattr(backbone, "layers_path") or backbone.layers_path() is None:
+        return "the backbone takes keyword inputs and is no known text encoder, so only freeze='all' is cached"
+    n_static = 0
+    while n_static < len(blocks) and all(static(m) for m in blocks[n_static].modules):
+        n_static += 1
+    if n_static == 0:
+        return "no frozen block at the input side"
+    n_layers = n_static - 1  # block 0 is the embeddings
+    with torch.no_grad(), _eval(backbone):
+        try:
+            states = backbone.prefix_states(n_layers, **example)
+            chained = backbone.suffix_features(
+                n_layers, states, example["attention_mask"]
+            )
+        except Exception as exc:  # any failure means "cannot split"
+            return f"the text encoder cannot be split after its frozen layers ({type(exc).__name__}: {exc})"
+        direct = backbone(**example)
+    if chained.shape != direct.shape or not torch.allclose(
+        chained, direct, rtol=1e-4, atol=1e-5
+    ):
+        return "running the text encoder from cached token states does not reproduce its forward pass"
+    return Split((), n_layers, tokens=True)
 
 
 class _eval:
@@ -229,14 +264,15 @@ class FeatureStore:
             self._contexts.move_to_end(context)
             return [rows.get(d) for d in digests]
 
-    def insert(self, context: tuple, digests, rows: torch.Tensor, budget: int) -> None:
-        size = rows[0].numel() * rows.element_size() if len(rows) else 0
+    def insert(self, context: tuple, digests, rows, budget: int) -> None:
+        """Store ``rows`` (one tensor per sample) under ``context``."""
         with self._lock:
             entries = self._contexts.setdefault(context, {})
             self._contexts.move_to_end(context)
             for d, row in zip(digests, rows, strict=True):
                 if d not in entries:
                     entries[d] = row
+                    size = row.numel() * row.element_size()
                     self._bytes[context] = self._bytes.get(context, 0) + size
             while self._contexts and sum(self._bytes.values()) > budget:
                 oldest = next(iter(self._contexts))

@@ -39,6 +39,7 @@ __all__ = [
     "encode_labels",
     "input_kind",
     "input_spec",
+    "pad_token_states",
 ]
 
 
@@ -271,6 +272,19 @@ class TextCollator:
             return_tensors="pt",
         )
         return dict(encoded), default_collate(list(ys))
+
+
+def pad_token_states(batch):
+    """Collate cached ``(T_i, D)`` token states: pad to the batch's longest."""
+    states, ys = zip(*batch, strict=True)
+    lengths = [len(s) for s in states]
+    width = max(lengths)
+    padded = states[0].new_zeros((len(states), width, states[0].shape[-1]))
+    mask = torch.zeros((len(states), width), dtype=torch.long)
+    for i, (s, n) in enumerate(zip(states, lengths, strict=True)):
+        padded[i, :n] = s
+        mask[i, :n] = 1
+    return {"inputs_embeds": padded, "attention_mask": mask}, default_collate(list(ys))
 
 
 # -- images -------------------------------------------------------------------

@@ -60,6 +60,8 @@ class FineTuneNetwork(nn.Module):
         """The output of the frozen prefix: what the feature cache stores."""
         if self.split.whole:
             return self.features(X, **inputs)
+        if self.split.tokens:
+            return self.backbone.prefix_states(self.split.cut, **inputs)
         x = self.preprocess(X) if self.preprocess is not None else X
         return run_units(self.backbone, self.split.units[: self.split.cut], x)
 
@@ -81,7 +83,9 @@ class FineTuneNetwork(nn.Module):
                 "the input X only (sample_weight is not supported)."
             )
         if self.from_cut:
-            if not self.split.whole:
+            if self.split.tokens:
+                X = self.backbone.suffix_features(self.split.cut, **inputs)
+            elif not self.split.whole:
                 suffix = self.split.units[self.split.cut :]
                 X = pool_features(run_units(self.backbone, suffix, X), self.pooling)
             return self.head(X)

@@ -183,3 +183,49 @@ def reviews():
         texts.append(" ".join(words))
         labels.append("pos" if label else "neg")
     return texts, np.array(labels)
+
+
+def save_tiny_hf_encoder(path, texts, family: str = "bert"):
+    """A tiny random-init Hugging Face encoder and a word-level tokenizer, on disk."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from tokenizers.processors import TemplateProcessing
+
+    words = sorted({w for t in texts for w in t.split()})
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
+    backend = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = Whitespace()
+    backend.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+    )
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+    )
+    size = dict(vocab_size=len(vocab), max_position_embeddings=64)
+    if family == "bert":
+        config = transformers.BertConfig(
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=48,
+            **size,
+        )
+        model_class = transformers.BertModel
+    else:
+        config = transformers.DistilBertConfig(
+            dim=32, n_layers=3, n_heads=2, hidden_dim=48, **size
+        )
+        model_class = transformers.DistilBertModel
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model_class(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

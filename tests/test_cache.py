@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import mlp_backbone, text_backbone, tiny_cnn
+from conftest import mlp_backbone, save_tiny_hf_encoder, text_backbone, tiny_cnn
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 from torch import nn
@@ -156,7 +156,8 @@ def test_text_linear_probe_is_cached(reviews):
     )
     assert partial.cache_info_ == {
         "enabled": False,
-        "reason": "the backbone takes keyword inputs, so only freeze='all' is cached",
+        "reason": "the backbone takes keyword inputs and is no known text encoder, "
+        "so only freeze='all' is cached",
         "computed": 0,
         "reused": 0,
     }
@@ -253,3 +254,35 @@ def test_backbone_wrapper_shares_the_fingerprint_between_clones(blobs):
     clf.fit(X, y)
     again = clone(clf).fit(X, y)
     assert again.cache_info_["reused"] == len(X)
+
+
+@pytest.fixture(scope="module", params=["bert", "distilbert"])
+def tiny_encoder(request, tmp_path_factory, reviews):
+    path = tmp_path_factory.mktemp(request.param)
+    return Backbone(str(save_tiny_hf_encoder(path, reviews[0], request.param)))
+
+
+@pytest.mark.parametrize("freeze", [1, 2, 3])
+def test_text_encoder_is_cut_after_its_frozen_layers(tiny_encoder, reviews, freeze):
+    texts, labels = reviews
+    params = dict(freeze=freeze, lr=1e-3, max_epochs=3, random_state=0)
+    on = FineTuneClassifier(tiny_encoder, **params).fit(texts, labels)
+    off = FineTuneClassifier(tiny_encoder, cache=False, **params).fit(texts, labels)
+    assert on.module_.split.tokens and on.module_.split.cut == freeze - 1
+    assert on.cache_info_["computed"] == len(texts)
+    np.testing.assert_allclose(
+        on.predict_proba(texts), off.predict_proba(texts), atol=1e-4
+    )
+
+
+def test_text_encoder_cut_with_sentence_pairs(tiny_encoder, reviews):
+    texts, _ = reviews
+    pairs = list(zip(texts, np.random.RandomState(0).permutation(texts), strict=True))
+    same = np.array([("great" in a) == ("great" in b) for a, b in pairs])
+    params = dict(freeze=2, lr=1e-3, max_epochs=2, random_state=0)
+    on = FineTuneClassifier(tiny_encoder, **params).fit(pairs, same)
+    off = FineTuneClassifier(tiny_encoder, cache=False, **params).fit(pairs, same)
+    assert on.cache_info_["enabled"]
+    np.testing.assert_allclose(
+        on.predict_proba(pairs), off.predict_proba(pairs), atol=1e-4
+    )

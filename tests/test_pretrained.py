@@ -116,4 +116,3 @@ def test_efficientnet_lite0_learns_digits(
     clf.fit(X_train, y_train)
     assert clf.cache_info_["enabled"]
     assert clf.score(X_test, y_test) > minimum
-
