@@ -311,6 +311,10 @@ class FineTuneMixin:
         rows = STORE.lookup(context, digests)
         missing = [i for i, row in enumerate(rows) if row is None]
         if missing:
+            if self._is_text():
+                # Length buckets: sorted by length, a batch pads to texts of
+                # about its own length instead of the longest of a random mix.
+                missing.sort(key=lambda i: len(str(X[i])))
             subset = _take(X, missing)
             net = self.module_
             was_training = net.training

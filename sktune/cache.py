@@ -214,7 +214,10 @@ def fingerprint(module: nn.Module) -> str:
         digest.update(key.encode())
         data = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(str((data.dtype, tuple(data.shape))).encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        if data.numel():
+            # A uint8 view, hashed through the buffer protocol: no byte copy of
+            # what may be a large embedding matrix.
+            digest.update(data.view(torch.uint8).numpy())
     value = digest.hexdigest()
     with _FINGERPRINT_LOCK:
         _FINGERPRINTS[module] = (stamp, value)
