@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .cache import Split, run_units
-from .freeze import FreezePlan, set_frozen_eval
+from .freeze import FreezePlan
 from .heads import pool_features
 
 __all__ = ["FineTuneNetwork"]
@@ -51,10 +51,25 @@ class FineTuneNetwork(nn.Module):
         self.from_cut = False
 
     def train(self, mode: bool = True):
+        # skorch calls train() before every training batch: when training mode
+        # is already applied, skip the walk over every submodule (it cost more
+        # than the head's step in a cached linear probe). eval() always walks.
+        if mode and self.__dict__.get("_applied_mode") is True and self.training:
+            return self
         super().train(mode)
         if mode:
-            set_frozen_eval(self.backbone, self.plan)
+            for module in self._frozen_modules():
+                module.training = False
+        self._applied_mode = mode
         return self
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        """The plan's eval modules, resolved once (not by name every batch)."""
+        modules = self.__dict__.get("_frozen")
+        if modules is None:
+            modules = [self.backbone.get_submodule(n) for n in self.plan.eval_modules]
+            self.__dict__["_frozen"] = modules
+        return modules
 
     def prefix(self, X=None, **inputs):
         """The output of the frozen prefix: what the feature cache stores."""
