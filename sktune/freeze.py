@@ -20,7 +20,14 @@ from torch import nn
 
 from .blocks import Block
 
-__all__ = ["Freeze", "FreezePlan", "apply_freeze", "plan_freeze", "set_frozen_eval"]
+__all__ = [
+    "Freeze",
+    "FreezePlan",
+    "apply_freeze",
+    "frozen_modules",
+    "plan_freeze",
+    "set_frozen_eval",
+]
 
 _ACCEPTED = (
     "None or 0 (train everything), an int k (freeze the first k blocks), a "
@@ -125,10 +132,15 @@ def apply_freeze(module: nn.Module, plan: FreezePlan) -> None:
         p.requires_grad_(name not in plan.frozen_params)
 
 
+def frozen_modules(module: nn.Module, plan: FreezePlan) -> list[nn.Module]:
+    """The submodules of ``module`` that ``plan`` keeps in eval mode."""
+    return [module.get_submodule(name) for name in plan.eval_modules]
+
+
 def set_frozen_eval(module: nn.Module, plan: FreezePlan) -> None:
     """Put the frozen modules of ``module`` in eval mode (call after ``train()``)."""
-    for name in plan.eval_modules:
-        module.get_submodule(name).training = False
+    for frozen in frozen_modules(module, plan):
+        frozen.training = False
 
 
 def _resolve_depth(freeze, n_blocks: int, param: str) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .cache import Split, run_units
-from .freeze import FreezePlan
+from .freeze import FreezePlan, frozen_modules
 from .heads import pool_features
 
 __all__ = ["FineTuneNetwork"]
@@ -67,7 +67,7 @@ class FineTuneNetwork(nn.Module):
         """The plan's eval modules, resolved once (not by name every batch)."""
         modules = self.__dict__.get("_frozen")
         if modules is None:
-            modules = [self.backbone.get_submodule(n) for n in self.plan.eval_modules]
+            modules = frozen_modules(self.backbone, self.plan)
             self.__dict__["_frozen"] = modules
         return modules
 
