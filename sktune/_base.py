@@ -394,9 +394,7 @@ class FineTuneMixin:
         plan = plan_freeze(backbone, blocks, self.freeze)
         apply_freeze(backbone, plan)
         head = build_head(self.head, features.shape[1], self._n_head_outputs)
-        self._blocks_for_cache = blocks
-        split = self._plan_cache(backbone, plan, order, batch, preprocess)
-        del self._blocks_for_cache
+        split = self._plan_cache(backbone, plan, blocks, order, batch, preprocess)
         self.module_ = FineTuneNetwork(backbone, head, plan, preprocess, pooling, split)
         if split is not None:
             with torch.no_grad():
@@ -411,7 +409,7 @@ class FineTuneMixin:
         self.n_blocks_ = len(blocks)
         return self
 
-    def _plan_cache(self, backbone, plan, order, batch, preprocess):
+    def _plan_cache(self, backbone, plan, blocks, order, batch, preprocess):
         if not (isinstance(self.cache, bool) or self.cache == "auto"):
             raise ValueError(
                 f"cache={self.cache!r} is not valid; use 'auto', True or False."
@@ -424,9 +422,7 @@ class FineTuneMixin:
         self._cache_reason = None
         if self.cache is False:
             return None
-        split = plan_split(
-            backbone, plan, self._blocks_for_cache, order, batch, preprocess
-        )
+        split = plan_split(backbone, plan, blocks, order, batch, preprocess)
         if (
             not isinstance(split, str)
             and split.tokens
