@@ -28,8 +28,10 @@ from .blocks import block_map, record_child_order
 from .cache import STORE, fingerprint, plan_split, sample_digests
 from .data import (
     ImagePreprocess,
+    RowsDataset,
     TextCollator,
     TextDataset,
+    batch_as_is,
     check_fit_data,
     check_predict_data,
     input_spec,
@@ -37,7 +39,7 @@ from .data import (
 )
 from .freeze import apply_freeze, plan_freeze
 from .heads import POOLINGS, build_head, pool_features
-from .network import FineTuneNetwork
+from .network import FineTuneNetwork, use_channels_last
 
 __all__ = ["FineTuneMixin"]
 
@@ -301,6 +303,7 @@ class FineTuneMixin:
                 preprocess.size,
             ),
             net.pooling,
+            net.channels_last,  # other kernels, other rounding
             self._max_length() if self._is_text() else None,
         )
 
@@ -390,12 +393,15 @@ class FineTuneMixin:
             iter(self.get_iterator(self.get_dataset(example), training=False))
         )[0]
         features, order = _probe(backbone, preprocess, batch)
+        channels_last = self._plan_layout(backbone, preprocess, batch, features)
         blocks = block_map(backbone, order)
         plan = plan_freeze(backbone, blocks, self.freeze)
         apply_freeze(backbone, plan)
         head = build_head(self.head, features.shape[1], self._n_head_outputs)
         split = self._plan_cache(backbone, plan, blocks, order, batch, preprocess)
-        self.module_ = FineTuneNetwork(backbone, head, plan, preprocess, pooling, split)
+        self.module_ = FineTuneNetwork(
+            backbone, head, plan, preprocess, pooling, split, channels_last
+        )
         if split is not None:
             with torch.no_grad():
                 self.module_.eval()
@@ -408,6 +414,26 @@ class FineTuneMixin:
         self.blocks_ = blocks
         self.n_blocks_ = len(blocks)
         return self
+
+    def _plan_layout(self, backbone, preprocess, batch, features) -> bool:
+        """Whether the backbone runs channels-last (see ``channels_last``)."""
+        setting = self.channels_last
+        if not (isinstance(setting, bool) or (isinstance(setting, str) and setting == "auto")):
+            raise ValueError(
+                f"channels_last={setting!r} is not valid; use 'auto', True or False."
+            )
+        if setting is False or isinstance(batch, dict):
+            reason = "channels_last=False" if setting is False else "the input is text"
+        else:
+            device = next(
+                (p.device for p in backbone.parameters() if not _is_lazy(p)), "cpu"
+            )
+            x = batch.to(device)
+            x = preprocess(x) if preprocess is not None else x
+            reason = use_channels_last(backbone, x, features.to(device))
+        if reason is not None and setting is True:
+            raise ValueError(f"channels_last=True, but {reason}.")
+        return reason is None
 
     def _plan_cache(self, backbone, plan, blocks, order, batch, preprocess):
         if not (isinstance(self.cache, bool) or self.cache == "auto"):
@@ -439,8 +465,11 @@ class FineTuneMixin:
             return super().get_dataset(X, y)
         if self._is_text():
             return TextDataset(X, y)
-        if getattr(self, "_from_cut", False) and self.module_.split.tokens:
-            return TextDataset(X, y)  # per-text token states, padded per batch
+        if getattr(self, "_from_cut", False):
+            if self.module_.split.tokens:
+                return TextDataset(X, y)  # per-text token states, padded per batch
+            if self.dataset is SkorchDataset:
+                return RowsDataset(X, y)  # a tensor: index whole batches
         return super().get_dataset(X, y)
 
     def _is_text(self) -> bool:
@@ -541,6 +570,8 @@ class FineTuneMixin:
             )
         elif getattr(self, "_from_cut", False) and self.module_.split.tokens:
             kwargs["collate_fn"] = pad_token_states
+        elif isinstance(getattr(dataset, "dataset", dataset), RowsDataset):
+            kwargs["collate_fn"] = batch_as_is
         return iterator(dataset, **kwargs)
 
     def _max_length(self) -> int:

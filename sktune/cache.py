@@ -39,6 +39,7 @@ __all__ = [
     "STORE",
     "FeatureStore",
     "Split",
+    "eval_mode",
     "fingerprint",
     "plan_split",
     "sample_digests",
@@ -136,7 +137,7 @@ def plan_split(
     if cut == 0:
         return "no frozen block at the input side"
     x = preprocess(example) if preprocess is not None else example
-    with torch.no_grad(), _eval(backbone):
+    with torch.no_grad(), eval_mode(backbone):
         try:
             chained = pool_features(run_units(backbone, units, x))
         except Exception as exc:
@@ -159,7 +160,7 @@ def _plan_token_split(backbone, blocks, static, example) -> Split | str:
     if n_static == 0:
         return "no frozen block at the input side"
     n_layers = n_static - 1  # block 0 is the embeddings
-    with torch.no_grad(), _eval(backbone):
+    with torch.no_grad(), eval_mode(backbone):
         try:
             states = backbone.prefix_states(n_layers, **example)
             chained = backbone.suffix_features(
@@ -175,7 +176,7 @@ def _plan_token_split(backbone, blocks, static, example) -> Split | str:
     return Split((), n_layers, tokens=True)
 
 
-class _eval:
+class eval_mode:
     """Context manager: eval mode inside, previous modes restored after."""
 
     def __init__(self, module: nn.Module):

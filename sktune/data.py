@@ -32,8 +32,10 @@ from torch.utils.data import Dataset, default_collate
 __all__ = [
     "ImagePreprocess",
     "InputSpec",
+    "RowsDataset",
     "TextCollator",
     "TextDataset",
+    "batch_as_is",
     "check_fit_data",
     "check_predict_data",
     "encode_labels",
@@ -223,6 +225,41 @@ def encode_labels(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
             f"classes {classes.tolist()}."
         )
     return order[pos].astype(np.int64)
+
+
+# -- cached rows ----------------------------------------------------------------
+
+
+class RowsDataset(Dataset):
+    """Rows of a tensor (cached prefix outputs) and targets, a batch at a time.
+
+    The ``DataLoader`` hands ``__getitems__`` all indices of a batch (also
+    through a ``Subset``, e.g. skorch's validation split): one indexing
+    operation per batch instead of a ``__getitem__`` per sample plus a
+    collate. The sampler, and so the batch order, is the ``DataLoader``'s
+    own. Load it with ``collate_fn=batch_as_is``.
+    """
+
+    def __init__(self, X: torch.Tensor, y=None):
+        self.X = X
+        self.y = None if y is None else torch.as_tensor(np.asarray(y))
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    def __getitem__(self, i):
+        return self.X[i], (self.y[i] if self.y is not None else 0)
+
+    def __getitems__(self, indices):
+        index = torch.as_tensor(indices, dtype=torch.long)
+        if self.y is None:
+            return self.X[index], torch.zeros(len(index), dtype=torch.long)
+        return self.X[index], self.y[index]
+
+
+def batch_as_is(batch):
+    """The collate function of :class:`RowsDataset`: its batches are ready."""
+    return batch
 
 
 # -- text ---------------------------------------------------------------------

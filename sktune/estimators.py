@@ -59,6 +59,13 @@ _COMMON_PARAMS = """
         in ``cache_size``; True raises if it cannot; False never caches.
     cache_size : float, default=1024
         Memory budget of the cache in MB (shared by the process).
+    channels_last : "auto", True or False, default="auto"
+        Run a convolutional backbone on images in channels-last memory
+        layout, which PyTorch's CPU (oneDNN) and cuDNN convolution kernels run
+        faster (about 2.5x for EfficientNet-Lite0 training on a CPU). The
+        values do not change, only their rounding. "auto" uses it for image
+        input whenever the backbone has 2-D convolutions and runs correctly in
+        that layout on a probe sample; True raises if it cannot; False never.
     criterion : torch criterion class, default={criterion}
     optimizer : torch optimizer class, default=torch.optim.AdamW
     lr : float, default=1e-3
@@ -143,6 +150,7 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
         image_size=None,
         cache="auto",
         cache_size=1024,
+        channels_last="auto",
         criterion=nn.CrossEntropyLoss,
         optimizer=torch.optim.AdamW,
         lr=1e-3,
@@ -161,6 +169,7 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
         self.image_size = image_size
         self.cache = cache
         self.cache_size = cache_size
+        self.channels_last = channels_last
         super().__init__(
             None,
             criterion=criterion,
@@ -252,6 +261,7 @@ class FineTuneRegressor(FineTuneMixin, NeuralNetRegressor):
         image_size=None,
         cache="auto",
         cache_size=1024,
+        channels_last="auto",
         criterion=nn.MSELoss,
         optimizer=torch.optim.AdamW,
         lr=1e-3,
@@ -270,6 +280,7 @@ class FineTuneRegressor(FineTuneMixin, NeuralNetRegressor):
         self.image_size = image_size
         self.cache = cache
         self.cache_size = cache_size
+        self.channels_last = channels_last
         super().__init__(
             None,
             criterion=criterion,
