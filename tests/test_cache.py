@@ -58,6 +58,31 @@ def test_cache_on_and_off_give_the_same_model(blobs, freeze):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
 
 
+def test_cached_batches_through_a_validation_split_and_drop_last(blobs):
+    # Cached rows are indexed a batch at a time (RowsDataset), also through
+    # skorch's validation Subset; the loader's sampler, and so the batch
+    # order, is the same as without the cache.
+    from skorch.dataset import ValidSplit
+
+    X, y = blobs
+    kwargs = dict(
+        freeze=1,
+        train_split=ValidSplit(0.2, stratified=True, random_state=0),
+        iterator_train__drop_last=True,
+        batch_size=16,
+    )
+    on = make(**kwargs).fit(X, y)
+    off = make(cache=False, **kwargs).fit(X, y)
+    assert on.cache_info_["enabled"]
+    # 120 training samples: 7 full batches (drop_last); 30 validation: 2.
+    assert len(on.history_[-1]["batches"]) == len(off.history_[-1]["batches"]) == 9
+    for key in ("train_loss", "valid_loss", "valid_acc"):
+        np.testing.assert_allclose(
+            on.history_[:, key], off.history_[:, key], atol=1e-5, err_msg=key
+        )
+    np.testing.assert_allclose(on.predict_proba(X), off.predict_proba(X), atol=1e-5)
+
+
 def test_frozen_prefix_runs_once_per_sample_not_once_per_epoch(blobs):
     X, y = blobs
     CountingLinear.seen = 0

@@ -227,6 +227,22 @@ BAD_INPUT = [
         r"image_size=\(8,\) is not valid",
     ),
     (
+        "channels-last-value",
+        lambda: clf(tiny_cnn(), channels_last="yes"),
+        "fit",
+        (IMG, Y3),
+        ValueError,
+        r"channels_last='yes' is not valid; use 'auto', True or False",
+    ),
+    (
+        "channels-last-on-vectors",
+        lambda: clf(channels_last=True),
+        "fit",
+        (X8, Y3),
+        ValueError,
+        r"channels_last=True, but the input is not a batch of images",
+    ),
+    (
         "max-length",
         lambda: clf(text_backbone(), max_length=0),
         "fit",

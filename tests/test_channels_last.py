@@ -1,0 +1,95 @@
+"""Channels-last memory layout for convolutional backbones on images."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import mlp_backbone, tiny_cnn
+from torch import nn
+
+from sktune import FineTuneClassifier
+from sktune.cache import STORE
+
+
+@pytest.fixture(autouse=True)
+def empty_store():
+    STORE.clear()
+    yield
+    STORE.clear()
+
+
+def make(backbone, **kwargs):
+    params = dict(freeze=1, max_epochs=3, lr=3e-3, random_state=0)
+    params.update(kwargs)
+    return FineTuneClassifier(backbone, **params)
+
+
+def conv_weights(module):
+    return [m.weight for m in module.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_auto_runs_a_cnn_channels_last_and_leaves_the_users_module_alone(images):
+    X, y = images
+    backbone = tiny_cnn()
+    clf = make(backbone).fit(X, y)
+    assert clf.module_.channels_last
+    trained = conv_weights(clf.module_.backbone)
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in trained)
+    assert not all(w.is_contiguous() for w in trained)  # a 1-channel conv is both
+    # The user's module keeps its layout (and, as tested elsewhere, its values).
+    assert all(w.is_contiguous() for w in conv_weights(backbone))
+
+
+def test_the_layout_changes_rounding_only(images):
+    X, y = images
+    clf = make(tiny_cnn()).fit(X, y)
+    proba = clf.predict_proba(X)
+    # The same trained weights, run in the default layout.
+    clf.module_.backbone.to(memory_format=torch.contiguous_format)
+    clf.module_.channels_last = False
+    STORE.clear()
+    np.testing.assert_allclose(clf.predict_proba(X), proba, atol=1e-5)
+
+
+@pytest.mark.parametrize("cache", ["auto", False])
+def test_training_in_either_layout_learns_the_same(images, cache):
+    X, y = images
+    fast = make(tiny_cnn(), cache=cache, max_epochs=10).fit(X, y)
+    plain = make(tiny_cnn(), cache=cache, max_epochs=10, channels_last=False).fit(X, y)
+    assert fast.module_.channels_last and not plain.module_.channels_last
+    # Adam turns rounding differences of near-zero gradients into steps of
+    # size lr, so the weights drift apart slightly; the models agree.
+    np.testing.assert_allclose(fast.predict_proba(X), plain.predict_proba(X), atol=0.02)
+    assert np.mean(fast.predict(X) == plain.predict(X)) > 0.95
+
+
+def test_not_used_for_vectors(blobs):
+    X, y = blobs
+    assert not make(mlp_backbone()).fit(X, y).module_.channels_last
+
+
+class FlattensWithView(nn.Module):
+    """A CNN whose forward calls ``.view``, which channels-last tensors refuse."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 8)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(h.shape[0], -1))
+
+
+def test_a_backbone_that_fails_channels_last_falls_back_under_auto(images):
+    X, y = images
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        backbone = FlattensWithView()
+    clf = make(backbone, freeze=0).fit(X, y)
+    assert not clf.module_.channels_last
+    assert all(w.is_contiguous() for w in conv_weights(clf.module_.backbone))
+    assert clf.score(X, y) > 0.5
+    with pytest.raises(
+        ValueError, match=r"channels_last=True, but it fails in channels-last layout"
+    ):
+        make(backbone, freeze=0, channels_last=True).fit(X, y)
