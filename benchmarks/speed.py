@@ -141,12 +141,19 @@ def v_limit(model, freeze, epochs, lr, **_):
     with Timer() as t:
         with torch.no_grad():
             if model == "image":
+                # The same kernels as sktune: channels-last layout.
+                net = net.to(memory_format=torch.channels_last)
                 pre = ImagePreprocess((0.5,) * 3, (0.5,) * 3)
                 batches = [
                     torch.as_tensor(X_tr[i : i + BATCH])
                     for i in range(0, len(X_tr), BATCH)
                 ]
-                prefix = torch.cat([net(pre(b)) for b in batches])
+                prefix = torch.cat(
+                    [
+                        net(pre(b).contiguous(memory_format=torch.channels_last))
+                        for b in batches
+                    ]
+                )
             else:
                 collate = TextCollator(bb.tokenizer(), 512)
                 rows = []

@@ -402,7 +402,9 @@ class FineTuneMixin:
         self.module_ = FineTuneNetwork(
             backbone, head, plan, preprocess, pooling, split, channels_last
         )
-        if split is not None:
+        if split is not None and split.whole:
+            row = features  # the pooled features, as probed
+        elif split is not None:
             with torch.no_grad():
                 self.module_.eval()
                 row = (
@@ -410,6 +412,7 @@ class FineTuneMixin:
                     if isinstance(batch, dict)
                     else self.module_.prefix(batch)
                 )
+        if split is not None:
             self._cache_row_bytes = row[0].numel() * row.element_size()
         self.blocks_ = blocks
         self.n_blocks_ = len(blocks)
