@@ -10,6 +10,7 @@ from ``y`` and the backbone's feature size is probed on ``X``).
 from __future__ import annotations
 
 import copy
+import functools
 import numbers
 import os
 import threading
@@ -304,6 +305,7 @@ class FineTuneMixin:
             ),
             net.pooling,
             net.channels_last,  # other kernels, other rounding
+            self._cache_dtype,
             self._max_length() if self._is_text() else None,
         )
 
@@ -338,7 +340,15 @@ class FineTuneMixin:
                     else:
                         outputs.extend(net.prefix(self._pad(xb))[: len(xb)].to("cpu"))
             net.train(was_training)
-            computed = outputs
+            stored = self._cache_dtype
+            computed = (
+                outputs
+                if stored is None
+                else [
+                    row.to(stored) if row.is_floating_point() else row
+                    for row in outputs
+                ]
+            )
             STORE.insert(
                 context,
                 [digests[i] for i in missing],
@@ -413,7 +423,9 @@ class FineTuneMixin:
                     else self.module_.prefix(batch)
                 )
         if split is not None:
-            self._cache_row_bytes = row[0].numel() * row.element_size()
+            self._cache_row_dtype = row.dtype
+            stored = self._cache_dtype or row.dtype
+            self._cache_row_bytes = row[0].numel() * stored.itemsize
         self.blocks_ = blocks
         self.n_blocks_ = len(blocks)
         return self
@@ -421,7 +433,10 @@ class FineTuneMixin:
     def _plan_layout(self, backbone, preprocess, batch, features) -> bool:
         """Whether the backbone runs channels-last (see ``channels_last``)."""
         setting = self.channels_last
-        if not (isinstance(setting, bool) or (isinstance(setting, str) and setting == "auto")):
+        if not (
+            isinstance(setting, bool)
+            or (isinstance(setting, str) and setting == "auto")
+        ):
             raise ValueError(
                 f"channels_last={setting!r} is not valid; use 'auto', True or False."
             )
@@ -448,6 +463,7 @@ class FineTuneMixin:
             raise ValueError(
                 f"cache_size={size!r} is not valid; use a positive number of megabytes."
             )
+        self._cache_dtype = _cache_dtype(self.cache_dtype)
         self._cache_reason = None
         if self.cache is False:
             return None
@@ -472,7 +488,8 @@ class FineTuneMixin:
             if self.module_.split.tokens:
                 return TextDataset(X, y)  # per-text token states, padded per batch
             if self.dataset is SkorchDataset:
-                return RowsDataset(X, y)  # a tensor: index whole batches
+                # A tensor: index whole batches, back at the network's precision.
+                return RowsDataset(X, y, dtype=self._cache_row_dtype)
         return super().get_dataset(X, y)
 
     def _is_text(self) -> bool:
@@ -572,7 +589,9 @@ class FineTuneMixin:
                 "collate_fn", TextCollator(self.tokenizer_, self._max_length())
             )
         elif getattr(self, "_from_cut", False) and self.module_.split.tokens:
-            kwargs["collate_fn"] = pad_token_states
+            kwargs["collate_fn"] = functools.partial(
+                pad_token_states, dtype=self._cache_row_dtype
+            )
         elif isinstance(getattr(dataset, "dataset", dataset), RowsDataset):
             kwargs["collate_fn"] = batch_as_is
         return iterator(dataset, **kwargs)
@@ -635,7 +654,7 @@ class FineTuneMixin:
             and net.split.whole
             and self._use_cache(_n_samples(X), training=False)
         ):
-            return self._prefix_outputs(X).numpy()
+            return self._prefix_outputs(X).to(self._cache_row_dtype).numpy()
         was_training = net.training
         net.eval()
         outputs = []
@@ -832,6 +851,27 @@ def _image_preprocess(image_size, spec) -> ImagePreprocess:
     if spec.mean is None:
         return ImagePreprocess(size=size)
     return ImagePreprocess(spec.mean, spec.std, size)
+
+
+_CACHE_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def _cache_dtype(value) -> torch.dtype | None:
+    """The storage precision of cached prefix outputs (None: as computed)."""
+    if value is None:
+        return None
+    if isinstance(value, torch.dtype) and value in _CACHE_DTYPES.values():
+        return value
+    if isinstance(value, str) and value in _CACHE_DTYPES:
+        return _CACHE_DTYPES[value]
+    raise ValueError(
+        f"cache_dtype={value!r} is not valid; use None (store as computed), "
+        "'float16', 'bfloat16' or 'float32'."
+    )
 
 
 def _is_lazy(param) -> bool:

@@ -238,23 +238,28 @@ class RowsDataset(Dataset):
     operation per batch instead of a ``__getitem__`` per sample plus a
     collate. The sampler, and so the batch order, is the ``DataLoader``'s
     own. Load it with ``collate_fn=batch_as_is``.
+
+    Rows stored at a lower precision (``cache_dtype``) are cast to ``dtype``
+    a batch at a time, so the full-precision copy never exists as a whole.
     """
 
-    def __init__(self, X: torch.Tensor, y=None):
+    def __init__(self, X: torch.Tensor, y=None, dtype: torch.dtype | None = None):
         self.X = X
         self.y = None if y is None else torch.as_tensor(np.asarray(y))
+        self.dtype = dtype
 
     def __len__(self) -> int:
         return len(self.X)
 
     def __getitem__(self, i):
-        return self.X[i], (self.y[i] if self.y is not None else 0)
+        return self.X[i].to(self.dtype), (self.y[i] if self.y is not None else 0)
 
     def __getitems__(self, indices):
         index = torch.as_tensor(indices, dtype=torch.long)
+        rows = self.X[index].to(self.dtype)
         if self.y is None:
-            return self.X[index], torch.zeros(len(index), dtype=torch.long)
-        return self.X[index], self.y[index]
+            return rows, torch.zeros(len(index), dtype=torch.long)
+        return rows, self.y[index]
 
 
 def batch_as_is(batch):
@@ -311,12 +316,16 @@ class TextCollator:
         return dict(encoded), default_collate(list(ys))
 
 
-def pad_token_states(batch):
-    """Collate cached ``(T_i, D)`` token states: pad to the batch's longest."""
+def pad_token_states(batch, dtype: torch.dtype | None = None):
+    """Collate cached ``(T_i, D)`` token states: pad to the batch's longest.
+
+    ``dtype`` is the precision the encoder runs in, when the states were
+    stored at a lower one (``cache_dtype``).
+    """
     states, ys = zip(*batch, strict=True)
     lengths = [len(s) for s in states]
     width = max(lengths)
-    padded = states[0].new_zeros((len(states), width, states[0].shape[-1]))
+    padded = states[0].new_zeros((len(states), width, states[0].shape[-1]), dtype=dtype)
     mask = torch.zeros((len(states), width), dtype=torch.long)
     for i, (s, n) in enumerate(zip(states, lengths, strict=True)):
         padded[i, :n] = s

@@ -59,6 +59,11 @@ _COMMON_PARAMS = """
         in ``cache_size``; True raises if it cannot; False never caches.
     cache_size : float, default=1024
         Memory budget of the cache in MB (shared by the process).
+    cache_dtype : None, "float16", "bfloat16" or "float32", default=None
+        Store the cached prefix outputs at this precision (None: as
+        computed). "float16" halves the cache's memory, so twice the data
+        fits in ``cache_size``; batches are cast back as they are used. The
+        model then differs slightly from one trained with ``cache=False``.
     channels_last : "auto", True or False, default="auto"
         Run a convolutional backbone on images in channels-last memory
         layout, which PyTorch's CPU (oneDNN) and cuDNN convolution kernels run
@@ -150,6 +155,7 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
         image_size=None,
         cache="auto",
         cache_size=1024,
+        cache_dtype=None,
         channels_last="auto",
         criterion=nn.CrossEntropyLoss,
         optimizer=torch.optim.AdamW,
@@ -169,6 +175,7 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
         self.image_size = image_size
         self.cache = cache
         self.cache_size = cache_size
+        self.cache_dtype = cache_dtype
         self.channels_last = channels_last
         super().__init__(
             None,
@@ -261,6 +268,7 @@ class FineTuneRegressor(FineTuneMixin, NeuralNetRegressor):
         image_size=None,
         cache="auto",
         cache_size=1024,
+        cache_dtype=None,
         channels_last="auto",
         criterion=nn.MSELoss,
         optimizer=torch.optim.AdamW,
@@ -280,6 +288,7 @@ class FineTuneRegressor(FineTuneMixin, NeuralNetRegressor):
         self.image_size = image_size
         self.cache = cache
         self.cache_size = cache_size
+        self.cache_dtype = cache_dtype
         self.channels_last = channels_last
         super().__init__(
             None,

@@ -85,7 +85,9 @@ class FineTuneNetwork(nn.Module):
             return self.features(X, **inputs)
         if self.split.tokens:
             return self.backbone.prefix_states(self.split.cut, **inputs)
-        return run_units(self.backbone, self.split.units[: self.split.cut], self._input(X))
+        return run_units(
+            self.backbone, self.split.units[: self.split.cut], self._input(X)
+        )
 
     def features(self, X=None, **inputs):
         """The pooled backbone features that the head sees."""

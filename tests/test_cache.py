@@ -311,3 +311,41 @@ def test_text_encoder_cut_with_sentence_pairs(tiny_encoder, reviews):
     np.testing.assert_allclose(
         on.predict_proba(pairs), off.predict_proba(pairs), atol=1e-4
     )
+
+
+@pytest.mark.parametrize("storage", ["float16", torch.bfloat16])
+def test_half_precision_storage_halves_the_cache(blobs, storage):
+    X, y = blobs
+    full = make(freeze="all").fit(X, y)
+    assert STORE.nbytes() == len(X) * 16 * 4
+    STORE.clear()
+    half = make(freeze="all", cache_dtype=storage).fit(X, y)
+    assert STORE.nbytes() == len(X) * 16 * 2
+    assert half.embed(X).dtype == np.float32
+    np.testing.assert_allclose(half.embed(X), full.embed(X), rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(half.predict_proba(X), full.predict_proba(X), atol=0.05)
+
+
+def test_half_precision_storage_of_a_cnn_cut(images):
+    X, y = images
+    full = make(tiny_cnn(), freeze=2, lr=3e-3).fit(X, y)
+    half = make(tiny_cnn(), freeze=2, lr=3e-3, cache_dtype="float16").fit(X, y)
+    assert half.module_.split.cut == 6 and half.cache_info_["enabled"]
+    assert np.mean(half.predict(X) == full.predict(X)) > 0.95
+
+
+def test_half_precision_storage_of_text_token_states(tiny_encoder, reviews):
+    texts, labels = reviews
+    enc = make(tiny_encoder, freeze=2, cache_dtype="float16").fit(texts, labels)
+    assert enc.module_.split.tokens and enc.cache_info_["enabled"]
+    stored = [row for rows in STORE._contexts.values() for row in rows.values()]
+    assert stored and all(row.dtype == torch.float16 for row in stored)
+    assert enc.score(texts, labels) > 0.6
+
+
+def test_cache_size_counts_the_storage_precision(blobs):
+    X, y = blobs
+    budget = len(X) * 16 * 3 / 2**20  # between the float16 and float32 sizes
+    assert not make(freeze="all", cache_size=budget).fit(X, y).cache_info_["enabled"]
+    half = make(freeze="all", cache_size=budget, cache_dtype="float16").fit(X, y)
+    assert half.cache_info_["enabled"]

@@ -227,6 +227,14 @@ BAD_INPUT = [
         r"image_size=\(8,\) is not valid",
     ),
     (
+        "cache-dtype",
+        lambda: clf(cache_dtype="int8"),
+        "fit",
+        (X8, Y3),
+        ValueError,
+        r"cache_dtype='int8' is not valid; use None \(store as computed\), 'float16'",
+    ),
+    (
         "channels-last-value",
         lambda: clf(tiny_cnn(), channels_last="yes"),
         "fit",
