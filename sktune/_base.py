@@ -233,6 +233,16 @@ class FineTuneMixin:
                 self, X, y, reset=reset, regression=self._regression
             )
             y = self._encode_targets(y, reset=reset, classes=classes)
+            if not isinstance(self.group_by_length, bool):
+                raise ValueError(
+                    f"group_by_length={self.group_by_length!r} is not valid; use "
+                    "True or False."
+                )
+            if self.group_by_length and kind not in ("text", "pairs"):
+                raise ValueError(
+                    "group_by_length=True groups texts by their length, but X holds "
+                    f"{kind} data; use group_by_length=False."
+                )
             if reset:
                 self._input_kind = kind
                 self._example_X = _head(X)
@@ -243,6 +253,9 @@ class FineTuneMixin:
                     "computed": 0,
                     "reused": 0,
                 }
+            if self.group_by_length:
+                collate = TextCollator(self.tokenizer_, self._max_length())
+                self._fit_lengths = collate.lengths(X)
             if self._use_cache(len(y)):
                 H = self._prefix_outputs(X)
                 with self._on_cut():
@@ -584,6 +597,16 @@ class FineTuneMixin:
             iterator = self.iterator_valid
         if kwargs["batch_size"] == -1:
             kwargs["batch_size"] = len(dataset)
+        if training and self.group_by_length and kwargs.get("shuffle", False):
+            if "sampler" not in kwargs and "batch_sampler" not in kwargs:
+                from transformers.trainer_pt_utils import LengthGroupedSampler
+
+                # Shuffled, then sorted by length within mega-batches of up to
+                # 50 batches: a batch pads to texts of about its own length.
+                del kwargs["shuffle"]
+                kwargs["sampler"] = LengthGroupedSampler(
+                    kwargs["batch_size"], lengths=self._token_lengths(dataset)
+                )
         if self._is_text():
             kwargs.setdefault(
                 "collate_fn", TextCollator(self.tokenizer_, self._max_length())
@@ -595,6 +618,17 @@ class FineTuneMixin:
         elif isinstance(getattr(dataset, "dataset", dataset), RowsDataset):
             kwargs["collate_fn"] = batch_as_is
         return iterator(dataset, **kwargs)
+
+    def _token_lengths(self, dataset) -> list[int]:
+        """Tokens per sample of the training data (or a subset of it).
+
+        Counted on the texts in ``_fit``, so raw texts and cached prefix
+        outputs (token states or pooled features) are grouped alike.
+        """
+        if isinstance(dataset, torch.utils.data.Subset):
+            lengths = self._token_lengths(dataset.dataset)
+            return [lengths[i] for i in dataset.indices]
+        return self._fit_lengths
 
     def _max_length(self) -> int:
         if self.max_length is None:

@@ -301,6 +301,9 @@ class TextCollator:
 
     def __call__(self, batch):
         texts, ys = zip(*batch, strict=True)
+        return self._encode(texts), default_collate(list(ys))
+
+    def _encode(self, texts) -> dict:
         if isinstance(texts[0], tuple):
             first, second = zip(*texts, strict=True)
             args = (list(first), list(second))
@@ -313,7 +316,17 @@ class TextCollator:
             max_length=self.max_length,
             return_tensors="pt",
         )
-        return dict(encoded), default_collate(list(ys))
+        return dict(encoded)
+
+    def lengths(self, texts: Sequence, chunk: int = 256) -> list[int]:
+        """The number of tokens of each text (or pair), as batches will hold them."""
+        return [
+            n
+            for start in range(0, len(texts), chunk)
+            for n in self._encode(texts[start : start + chunk])["attention_mask"]
+            .sum(1)
+            .tolist()
+        ]
 
 
 def pad_token_states(batch, dtype: torch.dtype | None = None):

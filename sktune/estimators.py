@@ -48,6 +48,12 @@ _COMMON_PARAMS = """
     max_length : None or int, default=None
         Text is truncated to this many tokens (None: the tokenizer's limit,
         at most 512). Batches are padded only to their longest member.
+    group_by_length : bool, default=False
+        Draw training batches of texts of similar token length, so that a
+        batch pads less: the shuffled texts are sorted by length within
+        mega-batches of up to 50 batches (transformers'
+        ``LengthGroupedSampler``). Faster on texts of mixed lengths; batches
+        are less random.
     image_size : None, "auto", int or (int, int), default=None
         Resize uint8 images to this size before the backbone; "auto" uses the
         backbone's pretrained input size, None keeps the images' size.
@@ -152,6 +158,7 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
         random_state=None,
         pooling=None,
         max_length=None,
+        group_by_length=False,
         image_size=None,
         cache="auto",
         cache_size=1024,
@@ -172,6 +179,7 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
         self.random_state = random_state
         self.pooling = pooling
         self.max_length = max_length
+        self.group_by_length = group_by_length
         self.image_size = image_size
         self.cache = cache
         self.cache_size = cache_size
@@ -265,6 +273,7 @@ class FineTuneRegressor(FineTuneMixin, NeuralNetRegressor):
         random_state=None,
         pooling=None,
         max_length=None,
+        group_by_length=False,
         image_size=None,
         cache="auto",
         cache_size=1024,
@@ -285,6 +294,7 @@ class FineTuneRegressor(FineTuneMixin, NeuralNetRegressor):
         self.random_state = random_state
         self.pooling = pooling
         self.max_length = max_length
+        self.group_by_length = group_by_length
         self.image_size = image_size
         self.cache = cache
         self.cache_size = cache_size

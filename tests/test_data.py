@@ -4,7 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import BagOfWordsEncoder, WordTokenizer, text_backbone, tiny_cnn
+from conftest import (
+    BagOfWordsEncoder,
+    TextBackbone,
+    WordTokenizer,
+    save_tiny_hf_encoder,
+    text_backbone,
+    tiny_cnn,
+)
 
 from sktune import FineTuneClassifier
 from sktune.data import ImagePreprocess, TextCollator, input_kind
@@ -163,3 +170,88 @@ def test_image_size_resizes_uint8_images(images):
         tiny_cnn(), image_size=16, max_epochs=1, random_state=0
     ).fit(X8, y)
     assert clf.module_.preprocess.size == (16, 16)
+
+
+# -- length-grouped training batches ------------------------------------------------
+
+
+class WidthTokenizer(WordTokenizer):
+    """Records the padded width of every batch it tokenizes."""
+
+    def __call__(self, first, second=None, **kwargs):
+        encoded = super().__call__(first, second, **kwargs)
+        self.calls[-1]["width"] = encoded["input_ids"].shape[1]
+        return encoded
+
+
+class WidthTextBackbone(TextBackbone):
+    def tokenizer(self):
+        return WidthTokenizer()
+
+
+def mixed_length_texts(n=96):
+    rng = np.random.RandomState(0)
+    words = ["good", "bad", "food", "the", "service", "was", "really"]
+    texts = [" ".join(rng.choice(words, size=rng.randint(1, 40))) for _ in range(n)]
+    return texts, np.array(["good" in t.split()[:1] for t in texts])
+
+
+def padded_tokens_per_epoch(group_by_length):
+    texts, y = mixed_length_texts()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        backbone = WidthTextBackbone(BagOfWordsEncoder())
+    clf = FineTuneClassifier(
+        backbone,
+        max_epochs=2,
+        batch_size=8,
+        cache=False,
+        group_by_length=group_by_length,
+        random_state=0,
+    ).fit(texts, y)
+    calls = clf.tokenizer_.calls
+    batches = [c for c in calls if c["n"] <= 8][-len(texts) // 8 :]  # last epoch
+    assert len(batches) == len(texts) // 8
+    return sum(c["n"] * c["width"] for c in batches)
+
+
+def test_group_by_length_pads_less():
+    grouped = padded_tokens_per_epoch(True)
+    shuffled = padded_tokens_per_epoch(False)
+    assert grouped < 0.75 * shuffled
+
+
+@pytest.mark.parametrize("freeze", ["all", 2])
+def test_group_by_length_gives_the_same_model_with_and_without_cache(
+    reviews, freeze, tmp_path
+):
+    # Lengths are counted on the texts, so raw texts, cached token states
+    # (freeze=2 of a BERT) and cached pooled features are grouped alike.
+    from skorch.dataset import ValidSplit
+
+    from sktune import Backbone
+
+    texts, labels = reviews
+    if freeze == "all":
+        make_backbone = text_backbone
+    else:
+        path = str(save_tiny_hf_encoder(tmp_path, texts, "bert"))
+        make_backbone = lambda: Backbone(path)  # noqa: E731
+    kwargs = dict(
+        freeze=freeze,
+        group_by_length=True,
+        train_split=ValidSplit(0.25, stratified=True, random_state=0),
+        max_epochs=3,
+        batch_size=8,
+        random_state=0,
+    )
+    on = FineTuneClassifier(make_backbone(), **kwargs).fit(texts, labels)
+    off = FineTuneClassifier(make_backbone(), cache=False, **kwargs).fit(texts, labels)
+    assert on.cache_info_["enabled"] and not off.cache_info_["enabled"]
+    assert on.module_.split.tokens == (freeze == 2)
+    np.testing.assert_allclose(
+        on.history_[:, "train_loss"], off.history_[:, "train_loss"], atol=1e-5
+    )
+    np.testing.assert_allclose(
+        on.predict_proba(texts), off.predict_proba(texts), atol=1e-5
+    )

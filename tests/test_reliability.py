@@ -235,6 +235,22 @@ BAD_INPUT = [
         r"cache_dtype='int8' is not valid; use None \(store as computed\), 'float16'",
     ),
     (
+        "group-by-length-value",
+        lambda: clf(text_backbone(), group_by_length="yes"),
+        "fit",
+        (TEXT, TEXT_Y),
+        ValueError,
+        r"group_by_length='yes' is not valid; use True or False",
+    ),
+    (
+        "group-by-length-on-images",
+        lambda: clf(tiny_cnn(), group_by_length=True),
+        "fit",
+        (IMG, Y3),
+        ValueError,
+        r"group_by_length=True groups texts by their length, but X holds image data",
+    ),
+    (
         "channels-last-value",
         lambda: clf(tiny_cnn(), channels_last="yes"),
         "fit",
