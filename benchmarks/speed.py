@@ -3,13 +3,14 @@
 The physical limit of a fit with a frozen prefix is one forward pass of the
 prefix per distinct sample plus, per epoch, forward and backward of the
 trainable suffix and head. It is measured here with plain torch loops over
-the same pretrained modules, data, batch size and epochs.
+the same pretrained modules, data, batch size and epochs (images in the
+channels-last layout that sktune uses, so the ratio measures overhead only).
 
 Every variant runs in its own process so that its peak RSS is its own; wall
 times are measured inside, around ``fit`` (model loading excluded, the same
 for all). Run from the repository root:
 
-    python benchmarks/speed.py            # all sections, ~10 minutes on 2 cores
+    python benchmarks/speed.py            # all sections, ~13 minutes on 2 cores
     python benchmarks/speed.py --section probe
 
 Needs the ant/bee photos of ../shared/data (or SKTUNE_SHARED_DATA).
@@ -78,7 +79,7 @@ def tokenize_all(texts, tokenizer):
 # -- variants (each in its own process) ---------------------------------------------
 
 
-def v_sktune(model, freeze, epochs, lr, **_):
+def v_sktune(model, freeze, epochs, lr, options=None, **_):
     from sktune import FineTuneClassifier
 
     X_tr, X_te, y_tr, y_te = image_data() if model == "image" else text_data()
@@ -93,6 +94,7 @@ def v_sktune(model, freeze, epochs, lr, **_):
         max_epochs=epochs,
         batch_size=BATCH,
         random_state=0,
+        **(options or {}),
     )
     with Timer() as t:
         clf.fit(X_tr, y_tr)
@@ -217,9 +219,14 @@ def v_grid(impl, **_):
     source = efficientnet()
     as_backbone(source).module()
     depths = ["all", 6, 4, 2]
-    if impl == "sktune":
+    if impl.startswith("sktune"):
         est = FineTuneClassifier(
-            source, lr=1e-3, max_epochs=5, batch_size=BATCH, random_state=0
+            source,
+            lr=1e-3,
+            max_epochs=5,
+            batch_size=BATCH,
+            random_state=0,
+            channels_last=impl == "sktune",
         )
         grid = {"freeze": depths}
     else:
@@ -243,6 +250,7 @@ def v_grid(impl, **_):
         "seconds": t.seconds,
         "best": best,
         "scores": [round(s, 3) for s in search.cv_results_["mean_test_score"]],
+        "fit_seconds": [round(s, 2) for s in search.cv_results_["mean_fit_time"]],
         "rss_mb": peak_rss_mb(),
     }
 
@@ -253,10 +261,21 @@ VARIANTS = {"sktune": v_sktune, "skorch": v_skorch, "limit": v_limit, "grid": v_
 # -- report -------------------------------------------------------------------------
 
 
+def median_run(variant, repeat, **kw) -> dict:
+    """The run with the median wall time of ``repeat`` fresh processes."""
+    runs = sorted(
+        (run_isolated(SCRIPT, variant, **kw) for _ in range(repeat)),
+        key=lambda r: r["seconds"],
+    )
+    return runs[len(runs) // 2]
+
+
 def section_probe(rows):
-    for model, lr in (("image", 1e-2), ("text", 1e-2)):
+    # The image probe takes about half a second: the median of 5 processes
+    # per variant. The text probe's skorch run takes minutes: one each.
+    for model, lr, repeat in (("image", 1e-2, 5), ("text", 1e-2, 1)):
         kw = dict(model=model, freeze="all", epochs=PROBE_EPOCHS, lr=lr)
-        res = {v: run_isolated(SCRIPT, v, **kw) for v in ("sktune", "skorch", "limit")}
+        res = {v: median_run(v, repeat, **kw) for v in ("sktune", "skorch", "limit")}
         rows.append(("linear probe, 20 epochs", model, res))
 
 
@@ -264,13 +283,29 @@ def section_partial(rows):
     kw = dict(model="text", freeze=5, epochs=PARTIAL_EPOCHS, lr=1e-4)
     res = {v: run_isolated(SCRIPT, v, **kw) for v in ("sktune", "skorch", "limit")}
     rows.append(("MiniLM, embeddings + 4 layers frozen, 3 epochs", "text", res))
+    grouped = run_isolated(SCRIPT, "sktune", options={"group_by_length": True}, **kw)
+    rows.append(
+        (
+            "the same, group_by_length=True (limit: unsorted batches)",
+            "text",
+            {**res, "sktune": grouped},
+        )
+    )
 
 
 def section_grid(rows):
     res = {
-        impl: run_isolated(SCRIPT, "grid", impl=impl) for impl in ("sktune", "skorch")
+        impl: run_isolated(SCRIPT, "grid", impl=impl)
+        for impl in ("sktune", "sktune_nchw", "skorch")
     }
     rows.append(("GridSearchCV, 4 freeze depths x 3 folds", "image", res))
+    rows.append(
+        (
+            "the same, channels_last=False",
+            "image",
+            {"sktune": res["sktune_nchw"], "skorch": res["skorch"]},
+        )
+    )
 
 
 def report(rows) -> str:
@@ -295,6 +330,21 @@ def report(rows) -> str:
             f"{k['seconds'] / s['seconds']:.1f}x | {to_limit} | {quality} | "
             f"{s['rss_mb']:.0f} / {k['rss_mb']:.0f} |"
         )
+    grids = [res for _, _, res in rows if "fit_seconds" in res["sktune"]]
+    if grids:
+        res = grids[0]
+        lines += [
+            "",
+            "GridSearchCV, mean fit seconds per candidate (one fold):",
+            "",
+            "| freeze | sktune | sktune, channels_last=False | skorch | skorch / sktune |",
+            "|---|---|---|---|---|",
+        ]
+        for i, depth in enumerate(["all", 6, 4, 2]):
+            a, b, c = (
+                res[k]["fit_seconds"][i] for k in ("sktune", "sktune_nchw", "skorch")
+            )
+            lines.append(f"| {depth!r} | {a:.2f} | {b:.2f} | {c:.2f} | {c / a:.1f}x |")
     return "\n".join(lines)
 
 
