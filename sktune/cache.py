@@ -6,18 +6,24 @@ per sample, and every epoch (and every grid-search candidate or fold that
 shares the backbone, the cut and the sample) runs only the trainable suffix
 and the head.
 
-The cut is found without knowing the model family:
+Where the cut lies:
 
 - everything frozen (``freeze="all"``): the cached value is the pooled
   feature vector, for any backbone;
-- otherwise the backbone is unrolled into a chain of units (its children in
-  forward order, ``nn.Sequential`` containers expanded) and the chain is
-  *verified* on the probe sample: running the units one after the other must
-  reproduce the backbone's own output. The prefix is the leading run of
-  units whose parameters are all frozen and whose modules all stay in eval
-  mode. Where the chain does not reproduce the forward pass (a ViT adding
-  position embeddings between children, a text model taking keyword inputs),
-  only ``freeze="all"`` is cached.
+- a Hugging Face text encoder: after its embeddings and frozen layers; the
+  cached value is each text's token states, re-padded per batch;
+- a timm or torchvision vision transformer: after its patch and position
+  embedding and frozen layers (the stages are spelled out per family, since
+  position embeddings and the class token are added between children);
+- otherwise, without knowing the model family, the backbone is unrolled into
+  a chain of units (its children in forward order, ``nn.Sequential``
+  containers expanded). The prefix is the leading run of units whose
+  parameters are all frozen and whose modules all stay in eval mode.
+
+Every cut is *verified* on the probe sample: running the prefix and then the
+suffix must reproduce the backbone's own output. Where it does not (a model
+whose children are no chain, a text model taking keyword inputs it does not
+know), only ``freeze="all"`` is cached, and ``cache_info_`` says why.
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ __all__ = [
     "fingerprint",
     "plan_split",
     "sample_digests",
+    "vit_family",
+    "vit_prefix",
+    "vit_suffix",
 ]
 
 
@@ -61,19 +70,26 @@ class Split:
     tokens : bool
         Whether the prefix outputs are token states of a text encoder (one
         ``(T_i, D)`` tensor per text, re-padded per batch).
+    vit : {"timm", "torchvision"} or None
+        The vision transformer family, when the prefix is its patch and
+        position embedding followed by its first ``cut`` layers (outputs:
+        ``(T, D)`` token states per image).
     """
 
     units: tuple[str, ...]
     cut: int
     tokens: bool = False
+    vit: str | None = None
 
     @property
     def whole(self) -> bool:
-        return not self.units and not self.tokens
+        return not self.units and not self.tokens and self.vit is None
 
     def key(self) -> tuple:
         if self.tokens:
             return ("tokens", self.cut)
+        if self.vit is not None:
+            return ("vit", self.vit, self.cut)
         return ("all",) if self.whole else (self.units[: self.cut],)
 
 
@@ -129,6 +145,10 @@ def plan_split(
 
     if isinstance(example, dict):
         return _plan_token_split(backbone, blocks, static, example)
+    x = preprocess(example) if preprocess is not None else example
+    family = vit_family(backbone)
+    if family is not None:
+        return _plan_vit_split(backbone, family, static, x)
     units = chain_units(backbone, child_order)
 
     cut = 0
@@ -136,7 +156,6 @@ def plan_split(
         cut += 1
     if cut == 0:
         return "no frozen block at the input side"
-    x = preprocess(example) if preprocess is not None else example
     with torch.no_grad(), eval_mode(backbone):
         try:
             chained = pool_features(run_units(backbone, units, x))
@@ -174,6 +193,110 @@ def _plan_token_split(backbone, blocks, static, example) -> Split | str:
     ):
         return "running the text encoder from cached token states does not reproduce its forward pass"
     return Split((), n_layers, tokens=True)
+
+
+# -- vision transformers --------------------------------------------------------
+#
+# A ViT is no chain of its children: position embeddings and the class token
+# are added between them. Its stages are spelled out per family instead.
+
+_VIT_PARTS = {
+    # family: (embedding modules, embedding parameters, the layers' Sequential)
+    "timm": (
+        ("patch_embed", "pos_drop", "patch_drop", "norm_pre"),
+        ("cls_token", "reg_token", "pos_embed"),
+        "blocks",
+    ),
+    "torchvision": (
+        ("conv_proj", "encoder.dropout"),
+        ("class_token", "encoder.pos_embedding"),
+        "encoder.layers",
+    ),
+}
+
+
+def vit_family(backbone: nn.Module) -> str | None:
+    """``"timm"`` or ``"torchvision"`` for their vision transformers, else None."""
+    if all(
+        hasattr(backbone, a)
+        for a in ("patch_embed", "_pos_embed", "norm_pre", "norm", "forward_head")
+    ) and isinstance(getattr(backbone, "blocks", None), nn.Sequential):
+        return "timm"
+    encoder = getattr(backbone, "encoder", None)
+    if (
+        all(hasattr(backbone, a) for a in ("_process_input", "class_token", "heads"))
+        and hasattr(encoder, "pos_embedding")
+        and isinstance(getattr(encoder, "layers", None), nn.Sequential)
+    ):
+        return "torchvision"
+    return None
+
+
+def vit_prefix(backbone: nn.Module, family: str, n_layers: int, x):
+    """Token states after the embedding and the first ``n_layers`` layers."""
+    if family == "timm":
+        h = backbone.norm_pre(
+            backbone.patch_drop(backbone._pos_embed(backbone.patch_embed(x)))
+        )
+    else:
+        h = backbone._process_input(x)
+        h = torch.cat([backbone.class_token.expand(len(h), -1, -1), h], dim=1)
+        h = backbone.encoder.dropout(h + backbone.encoder.pos_embedding)
+    return _vit_layers(backbone, family)[:n_layers](h)
+
+
+def vit_suffix(backbone: nn.Module, family: str, n_layers: int, h):
+    """The backbone's output from the token states after ``n_layers`` layers."""
+    h = _vit_layers(backbone, family)[n_layers:](h)
+    if family == "timm":
+        return backbone.forward_head(backbone.norm(h))
+    return backbone.heads(backbone.encoder.ln(h)[:, 0])
+
+
+def _vit_layers(backbone, family) -> nn.Sequential:
+    return backbone.get_submodule(_VIT_PARTS[family][2])
+
+
+def _plan_vit_split(backbone, family, static, x) -> Split | str:
+    """Cut a vision transformer after its embedding and first frozen layers."""
+    modules, params, layers = _VIT_PARTS[family]
+    embedding_static = all(
+        static(m) for m in modules if _has_submodule(backbone, m)
+    ) and not any(
+        p.requires_grad for n, p in backbone.named_parameters() if n in params
+    )
+    if not embedding_static:
+        return "no frozen block at the input side"
+    names = [f"{layers}.{n}" for n, _ in _vit_layers(backbone, family).named_children()]
+    n_layers = 0
+    while n_layers < len(names) and static(names[n_layers]):
+        n_layers += 1
+    with torch.no_grad(), eval_mode(backbone):
+        try:
+            chained = pool_features(
+                vit_suffix(
+                    backbone,
+                    family,
+                    n_layers,
+                    vit_prefix(backbone, family, n_layers, x),
+                )
+            )
+        except Exception as exc:  # any failure means "cannot split"
+            return f"the vision transformer cannot be split after its frozen layers ({type(exc).__name__}: {exc})"
+        direct = pool_features(backbone(x))
+    if chained.shape != direct.shape or not torch.allclose(
+        chained, direct, rtol=1e-5, atol=1e-6
+    ):
+        return "running the vision transformer from cached token states does not reproduce its forward pass"
+    return Split((), n_layers, vit=family)
+
+
+def _has_submodule(module: nn.Module, name: str) -> bool:
+    try:
+        module.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
 
 
 class eval_mode:

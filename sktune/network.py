@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .cache import Split, eval_mode, run_units
+from .cache import Split, eval_mode, run_units, vit_prefix, vit_suffix
 from .freeze import FreezePlan, frozen_modules
 from .heads import pool_features
 
@@ -85,6 +85,10 @@ class FineTuneNetwork(nn.Module):
             return self.features(X, **inputs)
         if self.split.tokens:
             return self.backbone.prefix_states(self.split.cut, **inputs)
+        if self.split.vit is not None:
+            return vit_prefix(
+                self.backbone, self.split.vit, self.split.cut, self._input(X)
+            )
         return run_units(
             self.backbone, self.split.units[: self.split.cut], self._input(X)
         )
@@ -114,6 +118,9 @@ class FineTuneNetwork(nn.Module):
         if self.from_cut:
             if self.split.tokens:
                 X = self.backbone.suffix_features(self.split.cut, **inputs)
+            elif self.split.vit is not None:
+                X = vit_suffix(self.backbone, self.split.vit, self.split.cut, X)
+                X = pool_features(X, self.pooling)
             elif not self.split.whole:
                 suffix = self.split.units[self.split.cut :]
                 X = run_units(self.backbone, suffix, self._layout(X))

@@ -349,3 +349,77 @@ def test_cache_size_counts_the_storage_precision(blobs):
     assert not make(freeze="all", cache_size=budget).fit(X, y).cache_info_["enabled"]
     half = make(freeze="all", cache_size=budget, cache_dtype="float16").fit(X, y)
     assert half.cache_info_["enabled"]
+
+
+# -- vision transformers: cut after the embedding and the frozen layers ----------
+
+
+def tiny_timm_vit():
+    timm = pytest.importorskip("timm")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return timm.create_model(
+            "vit_tiny_patch16_224",
+            pretrained=False,
+            img_size=16,
+            patch_size=4,
+            embed_dim=16,
+            depth=3,
+            num_heads=2,
+            num_classes=0,
+        )
+
+
+def tiny_torchvision_vit():
+    tvm = pytest.importorskip("torchvision.models")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        vit = tvm.VisionTransformer(
+            image_size=16,
+            patch_size=4,
+            num_layers=3,
+            num_heads=2,
+            hidden_dim=16,
+            mlp_dim=32,
+        )
+    vit.heads = nn.Sequential(nn.Identity())
+    return vit
+
+
+@pytest.fixture(scope="module")
+def small_images():
+    """16x16 RGB float images whose class is the brightest channel."""
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(90, 3, 16, 16)).astype(np.float32)
+    y = np.arange(90) % 3
+    X[np.arange(90), y] += 1.0
+    return X, y
+
+
+@pytest.mark.parametrize("make_vit", [tiny_timm_vit, tiny_torchvision_vit])
+@pytest.mark.parametrize("freeze", [1, 3])
+def test_vision_transformer_is_cut_after_its_frozen_layers(
+    small_images, make_vit, freeze
+):
+    X, y = small_images
+    on = make(make_vit(), freeze=freeze, lr=3e-3).fit(X, y)
+    split = on.module_.split
+    assert on.cache_info_["enabled"], on.cache_info_["reason"]
+    assert split.vit in ("timm", "torchvision")
+    assert split.cut == freeze - 1  # block 0 is the patch and position embedding
+    off = make(make_vit(), freeze=freeze, lr=3e-3, cache=False).fit(X, y)
+    np.testing.assert_allclose(on.predict_proba(X), off.predict_proba(X), atol=1e-5)
+    for (name, a), b in zip(
+        on.module_.named_parameters(), off.module_.parameters(), strict=True
+    ):
+        if name.endswith("attn.qkv.bias"):
+            # The key bias shifts every attention logit of a query equally, so
+            # its exact gradient is zero; Adam scales the rounding noise that
+            # stands in for it up to steps of size lr. Query and value biases
+            # are compared.
+            width = len(a) // 3
+            a, b = (
+                torch.cat([a[:width], a[2 * width :]]),
+                torch.cat([b[:width], b[2 * width :]]),
+            )
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
