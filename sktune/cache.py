@@ -114,8 +114,18 @@ def chain_units(backbone: nn.Module, child_order: list[str]) -> list[str]:
 
 
 def run_units(backbone: nn.Module, units, h):
+    """Run ``units`` of ``backbone`` one after the other on ``h``."""
     for unit in units:
-        h = backbone.get_submodule(unit)(h)
+        module = backbone.get_submodule(unit)
+        if (
+            isinstance(module, nn.Linear)
+            and h.ndim > 2
+            and h.shape[-1] != module.in_features
+        ):
+            # The ``torch.flatten(x, 1)`` that CNNs call between their pooling
+            # and their classifier (torchvision's MobileNet, VGG, ...).
+            h = h.flatten(1)
+        h = module(h)
     return h
 
 

@@ -423,3 +423,32 @@ def test_vision_transformer_is_cut_after_its_frozen_layers(
                 torch.cat([b[:width], b[2 * width :]]),
             )
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("spec", "first_unit", "vit"),
+    [
+        ("torchvision:resnet18", "conv1", None),
+        # A flatten between its pooling and its MLP classifier:
+        ("torchvision:mobilenet_v3_small", "features.0.0", None),
+        ("timm:efficientnet_b0", "conv_stem", None),
+        ("timm:deit_tiny_patch16_224", None, "timm"),
+    ],
+)
+def test_real_architectures_are_cut_exactly(spec, first_unit, vit):
+    # Random weights (nothing is downloaded): the cut and its exactness only
+    # depend on the architecture.
+    rng = np.random.RandomState(0)
+    size = 224 if "deit" in spec else 32
+    X = rng.randint(0, 256, size=(12, size, size, 3), dtype=np.uint8)
+    y = np.arange(12) % 2
+    kwargs = dict(freeze=2, max_epochs=2, batch_size=4, lr=1e-3, random_state=0)
+    on = FineTuneClassifier(Backbone(spec, pretrained=False), **kwargs).fit(X, y)
+    assert on.cache_info_["enabled"], on.cache_info_["reason"]
+    split = on.module_.split
+    assert split.vit == vit
+    assert (split.units[0] if split.units else None) == first_unit
+    off = FineTuneClassifier(
+        Backbone(spec, pretrained=False), cache=False, **kwargs
+    ).fit(X, y)
+    np.testing.assert_allclose(on.predict_proba(X), off.predict_proba(X), atol=1e-5)
