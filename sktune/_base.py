@@ -628,6 +628,13 @@ class FineTuneMixin:
         if isinstance(dataset, torch.utils.data.Subset):
             lengths = self._token_lengths(dataset.dataset)
             return [lengths[i] for i in dataset.indices]
+        if len(dataset) != len(self._fit_lengths):
+            raise ValueError(
+                "group_by_length=True groups the samples passed to fit, but the "
+                f"training dataset holds {len(dataset)} samples instead of "
+                f"{len(self._fit_lengths)}: use a train_split that returns subsets "
+                "(like skorch's ValidSplit), or group_by_length=False."
+            )
         return self._fit_lengths
 
     def _max_length(self) -> int:

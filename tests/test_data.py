@@ -14,7 +14,7 @@ from conftest import (
 )
 
 from sktune import FineTuneClassifier
-from sktune.data import ImagePreprocess, TextCollator, input_kind
+from sktune.data import ImagePreprocess, TextCollator, TextDataset, input_kind
 
 
 @pytest.mark.parametrize(
@@ -255,3 +255,18 @@ def test_group_by_length_gives_the_same_model_with_and_without_cache(
     np.testing.assert_allclose(
         on.predict_proba(texts), off.predict_proba(texts), atol=1e-5
     )
+
+
+def test_group_by_length_refuses_a_training_set_it_cannot_map(reviews):
+    texts, labels = reviews
+
+    def first_half(dataset, y=None):
+        # A split that builds new datasets instead of subsets of the fit data.
+        half = len(texts) // 2
+        return TextDataset(texts[:half], labels[:half]), TextDataset(
+            texts[half:], labels[half:]
+        )
+
+    clf = make_text_clf(max_epochs=1, group_by_length=True, train_split=first_half)
+    with pytest.raises(ValueError, match=r"group_by_length=True groups the samples"):
+        clf.fit(texts, labels)
