@@ -343,7 +343,8 @@ def fingerprint(module: nn.Module) -> str:
         cached = _FINGERPRINTS.get(module)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-    digest = hashlib.blake2b(repr(module).encode(), digest_size=16)
+    # SHA-256: CPUs with SHA extensions hash it twice as fast as BLAKE2b.
+    digest = hashlib.sha256(repr(module).encode())
     for key, tensor in state.items():
         digest.update(key.encode())
         data = tensor.detach().cpu().contiguous().reshape(-1)
