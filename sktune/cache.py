@@ -32,6 +32,7 @@ import hashlib
 import threading
 import weakref
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,7 +159,7 @@ def plan_split(
     x = preprocess(example) if preprocess is not None else example
     family = vit_family(backbone)
     if family is not None:
-        return _plan_vit_split(backbone, family, static, x)
+        return _plan_vit_split(backbone, family, eval_modules, x)
     units = chain_units(backbone, child_order)
 
     cut = 0
@@ -211,17 +212,9 @@ def _plan_token_split(backbone, blocks, static, example) -> Split | str:
 # are added between them. Its stages are spelled out per family instead.
 
 _VIT_PARTS = {
-    # family: (embedding modules, embedding parameters, the layers' Sequential)
-    "timm": (
-        ("patch_embed", "pos_drop", "patch_drop", "norm_pre"),
-        ("cls_token", "reg_token", "pos_embed"),
-        "blocks",
-    ),
-    "torchvision": (
-        ("conv_proj", "encoder.dropout"),
-        ("class_token", "encoder.pos_embedding"),
-        "encoder.layers",
-    ),
+    # family: (the layers' Sequential, the modules that run after the layers)
+    "timm": ("blocks", ("norm", "attn_pool", "fc_norm", "head_drop", "head")),
+    "torchvision": ("encoder.layers", ("encoder.ln", "heads")),
 }
 
 
@@ -264,33 +257,46 @@ def vit_suffix(backbone: nn.Module, family: str, n_layers: int, h):
 
 
 def _vit_layers(backbone, family) -> nn.Sequential:
-    return backbone.get_submodule(_VIT_PARTS[family][2])
+    return backbone.get_submodule(_VIT_PARTS[family][0])
 
 
-def _plan_vit_split(backbone, family, static, x) -> Split | str:
-    """Cut a vision transformer after its embedding and first frozen layers."""
-    modules, params, layers = _VIT_PARTS[family]
-    embedding_static = all(
-        static(m) for m in modules if _has_submodule(backbone, m)
-    ) and not any(
-        p.requires_grad for n, p in backbone.named_parameters() if n in params
-    )
-    if not embedding_static:
+def _plan_vit_split(backbone, family, eval_modules, x) -> Split | str:
+    """Cut a vision transformer after its embedding and first frozen layers.
+
+    The prefix is everything but the layers from the cut on and the modules
+    after the layers: all its parameters must be frozen and all its modules
+    in eval mode (whatever the embedding uses: class, distillation or
+    register tokens, position embeddings, dropouts, a pre-norm).
+    """
+    layers_path, tail = _VIT_PARTS[family]
+    layers = [
+        f"{layers_path}.{n}" for n, _ in _vit_layers(backbone, family).named_children()
+    ]
+
+    def static(cut: int) -> bool:
+        suffix = (*layers[cut:], *tail)
+
+        def in_prefix(name: str) -> bool:
+            return not any(name == m or name.startswith(f"{m}.") for m in suffix)
+
+        def container(name: str) -> bool:  # holds suffix modules; never called
+            return not name or any(m.startswith(f"{name}.") for m in suffix)
+
+        return not any(
+            p.requires_grad for n, p in backbone.named_parameters() if in_prefix(n)
+        ) and all(
+            n in eval_modules
+            for n, _ in backbone.named_modules()
+            if in_prefix(n) and not container(n)
+        )
+
+    cut = next((c for c in range(len(layers), -1, -1) if static(c)), None)
+    if cut is None:
         return "no frozen block at the input side"
-    names = [f"{layers}.{n}" for n, _ in _vit_layers(backbone, family).named_children()]
-    n_layers = 0
-    while n_layers < len(names) and static(names[n_layers]):
-        n_layers += 1
     with torch.no_grad(), eval_mode(backbone):
         try:
-            chained = pool_features(
-                vit_suffix(
-                    backbone,
-                    family,
-                    n_layers,
-                    vit_prefix(backbone, family, n_layers, x),
-                )
-            )
+            states = vit_prefix(backbone, family, cut, x)
+            chained = pool_features(vit_suffix(backbone, family, cut, states))
         except Exception as exc:  # any failure means "cannot split"
             return f"the vision transformer cannot be split after its frozen layers ({type(exc).__name__}: {exc})"
         direct = pool_features(backbone(x))
@@ -298,29 +304,18 @@ def _plan_vit_split(backbone, family, static, x) -> Split | str:
         chained, direct, rtol=1e-5, atol=1e-6
     ):
         return "running the vision transformer from cached token states does not reproduce its forward pass"
-    return Split((), n_layers, vit=family)
+    return Split((), cut, vit=family)
 
 
-def _has_submodule(module: nn.Module, name: str) -> bool:
+@contextmanager
+def eval_mode(module: nn.Module):
+    """Eval mode inside, every submodule's previous mode restored after."""
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
     try:
-        module.get_submodule(name)
-    except AttributeError:
-        return False
-    return True
-
-
-class eval_mode:
-    """Context manager: eval mode inside, previous modes restored after."""
-
-    def __init__(self, module: nn.Module):
-        self.module = module
-
-    def __enter__(self):
-        self.modes = {m: m.training for m in self.module.modules()}
-        self.module.eval()
-
-    def __exit__(self, *exc):
-        for m, mode in self.modes.items():
+        yield module
+    finally:
+        for m, mode in modes.items():
             m.training = mode
 
 

@@ -452,3 +452,38 @@ def test_real_architectures_are_cut_exactly(spec, first_unit, vit):
         Backbone(spec, pretrained=False), cache=False, **kwargs
     ).fit(X, y)
     np.testing.assert_allclose(on.predict_proba(X), off.predict_proba(X), atol=1e-5)
+
+
+def test_vision_transformer_cut_needs_every_embedding_parameter_frozen():
+    # A distilled DeiT adds a distillation token in its embedding. With every
+    # module in eval mode and every parameter before the layers frozen except
+    # that token, nothing before the layers is static: no cut.
+    timm = pytest.importorskip("timm")
+    from sktune.cache import plan_split
+    from sktune.freeze import FreezePlan
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        deit = timm.create_model(
+            "deit_tiny_distilled_patch16_224",
+            pretrained=False,
+            img_size=16,
+            patch_size=4,
+            embed_dim=16,
+            depth=2,
+            num_heads=2,
+            num_classes=0,
+        )
+    prefix = ("cls_token", "pos_embed", "dist_token", "patch_embed.", "blocks.0.")
+    frozen = [n for n, _ in deit.named_parameters() if n.startswith(prefix)]
+    plan = FreezePlan(frozen, tuple(n for n, _ in deit.named_modules()), None)
+    x = torch.randn(1, 3, 16, 16)
+
+    def split_with(trainable: str):
+        for name, param in deit.named_parameters():
+            param.requires_grad_(name not in frozen or name == trainable)
+        return plan_split(deit, plan, [], [], x)
+
+    assert split_with(trainable="dist_token") == "no frozen block at the input side"
+    assert split_with(trainable="blocks.0.mlp.fc2.bias").cut == 0
+    assert split_with(trainable="none").cut == 1
