@@ -226,7 +226,7 @@ def v_grid(impl, **_):
             max_epochs=5,
             batch_size=BATCH,
             random_state=0,
-            channels_last=impl == "sktune",
+            **({"channels_last": False} if impl == "sktune_nchw" else {}),
         )
         grid = {"freeze": depths}
     else:

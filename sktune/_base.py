@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib.util
 import numbers
 import os
 import threading
@@ -228,21 +229,26 @@ class FineTuneMixin:
         return self._fit(X, y, reset=reset, classes=classes, **fit_params)
 
     def _fit(self, X, y, *, reset: bool, classes=None, **fit_params):
+        if not isinstance(self.group_by_length, bool):
+            raise ValueError(
+                f"group_by_length={self.group_by_length!r} is not valid; use True or "
+                "False."
+            )
+        if self.group_by_length and importlib.util.find_spec("transformers") is None:
+            raise ImportError(
+                "group_by_length=True draws batches with transformers' "
+                "LengthGroupedSampler; install it with pip install 'sktune[text]'."
+            )
         with self._seeded():
             X, y, kind = check_fit_data(
                 self, X, y, reset=reset, regression=self._regression
             )
-            y = self._encode_targets(y, reset=reset, classes=classes)
-            if not isinstance(self.group_by_length, bool):
-                raise ValueError(
-                    f"group_by_length={self.group_by_length!r} is not valid; use "
-                    "True or False."
-                )
             if self.group_by_length and kind not in ("text", "pairs"):
                 raise ValueError(
                     "group_by_length=True groups texts by their length, but X holds "
                     f"{kind} data; use group_by_length=False."
                 )
+            y = self._encode_targets(y, reset=reset, classes=classes)
             if reset:
                 self._input_kind = kind
                 self._example_X = _head(X)
@@ -253,15 +259,18 @@ class FineTuneMixin:
                     "computed": 0,
                     "reused": 0,
                 }
-            if self.group_by_length:
-                collate = TextCollator(self.tokenizer_, self._max_length())
-                self._fit_lengths = collate.lengths(X)
-            if self._use_cache(len(y)):
-                H = self._prefix_outputs(X)
-                with self._on_cut():
-                    super().partial_fit(H, y, **fit_params)
-            else:
-                super().partial_fit(X, y, **fit_params)
+            # Texts whose token counts group_by_length reads (counted lazily,
+            # once per fit, and only if a training loader asks for them).
+            self._fit_texts, self._fit_lengths = X, None
+            try:
+                if self._use_cache(len(y)):
+                    H = self._prefix_outputs(X)
+                    with self._on_cut():
+                        super().partial_fit(H, y, **fit_params)
+                else:
+                    super().partial_fit(X, y, **fit_params)
+            finally:
+                del self._fit_texts, self._fit_lengths
         return self
 
     # -- frozen-prefix cache --------------------------------------------------
@@ -270,15 +279,19 @@ class FineTuneMixin:
         """Whether this call runs on cached prefix outputs; say why not."""
         if self.cache is False or self.module_.split is None:
             reason = "cache=False" if self.cache is False else self._cache_reason
-        elif training and not (
+        elif not (
             self.dataset is SkorchDataset
-            and "collate_fn" not in self.get_params_for("iterator_train")
+            and "collate_fn"
+            not in self.get_params_for(
+                "iterator_train" if training else "iterator_valid"
+            )
         ):
+            # Its transforms would be skipped, or handed cached outputs.
             reason = "a custom dataset or collate_fn may augment the data"
-        elif n_samples * self._cache_row_bytes > self.cache_size * 2**20:
+        elif n_samples * self._cache_row_bytes() > self.cache_size * 2**20:
             reason = (
                 f"the prefix outputs of {n_samples} samples need "
-                f"{n_samples * self._cache_row_bytes / 2**20:.0f} MB, more than "
+                f"{n_samples * self._cache_row_bytes() / 2**20:.0f} MB, more than "
                 f"cache_size={self.cache_size} MB"
             )
         else:
@@ -292,6 +305,14 @@ class FineTuneMixin:
             if reason is not None and self.verbose and self.cache == "auto":
                 print(f"Frozen-prefix cache off: {reason}.")
         return reason is None
+
+    def _stored_dtype(self) -> torch.dtype:
+        """The precision cached rows are stored at (``cache_dtype``)."""
+        return _cache_dtype(self.cache_dtype) or self._cache_row_dtype
+
+    def _cache_row_bytes(self) -> int:
+        """Bytes of one sample's stored prefix output (text: of the probe's)."""
+        return self._cache_row_numel * self._stored_dtype().itemsize
 
     def _cache_context(self) -> tuple:
         net = self.module_
@@ -318,7 +339,7 @@ class FineTuneMixin:
             ),
             net.pooling,
             net.channels_last,  # other kernels, other rounding
-            self._cache_dtype,
+            self._stored_dtype(),
             self._max_length() if self._is_text() else None,
         )
 
@@ -353,15 +374,10 @@ class FineTuneMixin:
                     else:
                         outputs.extend(net.prefix(self._pad(xb))[: len(xb)].to("cpu"))
             net.train(was_training)
-            stored = self._cache_dtype
-            computed = (
-                outputs
-                if stored is None
-                else [
-                    row.to(stored) if row.is_floating_point() else row
-                    for row in outputs
-                ]
-            )
+            stored = self._stored_dtype()
+            computed = [
+                row.to(stored) if row.is_floating_point() else row for row in outputs
+            ]
             STORE.insert(
                 context,
                 [digests[i] for i in missing],
@@ -437,8 +453,7 @@ class FineTuneMixin:
                 )
         if split is not None:
             self._cache_row_dtype = row.dtype
-            stored = self._cache_dtype or row.dtype
-            self._cache_row_bytes = row[0].numel() * stored.itemsize
+            self._cache_row_numel = row[0].numel()
         self.blocks_ = blocks
         self.n_blocks_ = len(blocks)
         return self
@@ -456,9 +471,7 @@ class FineTuneMixin:
         if setting is False or isinstance(batch, dict):
             reason = "channels_last=False" if setting is False else "the input is text"
         else:
-            device = next(
-                (p.device for p in backbone.parameters() if not _is_lazy(p)), "cpu"
-            )
+            device = _device_of(backbone)
             x = batch.to(device)
             x = preprocess(x) if preprocess is not None else x
             reason = use_channels_last(backbone, x, features.to(device))
@@ -476,7 +489,7 @@ class FineTuneMixin:
             raise ValueError(
                 f"cache_size={size!r} is not valid; use a positive number of megabytes."
             )
-        self._cache_dtype = _cache_dtype(self.cache_dtype)
+        _cache_dtype(self.cache_dtype)  # validated before any work
         self._cache_reason = None
         if self.cache is False:
             return None
@@ -500,9 +513,8 @@ class FineTuneMixin:
         if getattr(self, "_from_cut", False):
             if self.module_.split.tokens:
                 return TextDataset(X, y)  # per-text token states, padded per batch
-            if self.dataset is SkorchDataset:
-                # A tensor: index whole batches, back at the network's precision.
-                return RowsDataset(X, y, dtype=self._cache_row_dtype)
+            # A tensor: index whole batches, back at the network's precision.
+            return RowsDataset(X, y, dtype=self._cache_row_dtype)
         return super().get_dataset(X, y)
 
     def _is_text(self) -> bool:
@@ -628,13 +640,17 @@ class FineTuneMixin:
         if isinstance(dataset, torch.utils.data.Subset):
             lengths = self._token_lengths(dataset.dataset)
             return [lengths[i] for i in dataset.indices]
-        if len(dataset) != len(self._fit_lengths):
+        texts = self._fit_texts
+        if len(dataset) != len(texts):
             raise ValueError(
                 "group_by_length=True groups the samples passed to fit, but the "
                 f"training dataset holds {len(dataset)} samples instead of "
-                f"{len(self._fit_lengths)}: use a train_split that returns subsets "
-                "(like skorch's ValidSplit), or group_by_length=False."
+                f"{len(texts)}: use a train_split that returns subsets (like "
+                "skorch's ValidSplit), or group_by_length=False."
             )
+        if self._fit_lengths is None:
+            collate = TextCollator(self.tokenizer_, self._max_length())
+            self._fit_lengths = collate.lengths(texts)
         return self._fit_lengths
 
     def _max_length(self) -> int:
@@ -780,7 +796,7 @@ def _probe(backbone: torch.nn.Module, preprocess, batch):
     which the top-level children ran (for the block map). Lazy modules are
     materialized here, before the optimizer sees their parameters.
     """
-    device = next((p.device for p in backbone.parameters() if not _is_lazy(p)), "cpu")
+    device = _device_of(backbone)
     order, remove = record_child_order(backbone)
     was_training = backbone.training
     backbone.eval()
@@ -913,6 +929,11 @@ def _cache_dtype(value) -> torch.dtype | None:
         f"cache_dtype={value!r} is not valid; use None (store as computed), "
         "'float16', 'bfloat16' or 'float32'."
     )
+
+
+def _device_of(module: torch.nn.Module):
+    """The device of a module's (materialized) parameters; CPU without any."""
+    return next((p.device for p in module.parameters() if not _is_lazy(p)), "cpu")
 
 
 def _is_lazy(param) -> bool:

@@ -252,7 +252,8 @@ class RowsDataset(Dataset):
         return len(self.X)
 
     def __getitem__(self, i):
-        return self.X[i].to(self.dtype), (self.y[i] if self.y is not None else 0)
+        rows, ys = self.__getitems__([i])
+        return rows[0], ys[0]
 
     def __getitems__(self, indices):
         index = torch.as_tensor(indices, dtype=torch.long)
@@ -367,6 +368,9 @@ class ImagePreprocess(nn.Module):
 
     def __init__(self, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), size=None):
         super().__init__()
+        # The layout of the output; FineTuneNetwork sets channels-last when
+        # its backbone runs so (then the permuted view needs no copy).
+        self.memory_format = torch.contiguous_format
         self.register_buffer(
             "mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         )
@@ -378,14 +382,14 @@ class ImagePreprocess(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.uint8:
             return x
-        # Standard NCHW strides, as float input has: a permuted view would
-        # send convolutions down their channels-last kernels.
+        # The backbone's layout: standard NCHW strides unless it runs
+        # channels-last, which the permuted view of N x H x W x C already is.
         if x.ndim == 3:
             x = x.unsqueeze(1)
         elif x.shape[-1] == 1:
             x = x[..., 0].unsqueeze(1)
         else:
-            x = x.permute(0, 3, 1, 2).contiguous()
+            x = x.permute(0, 3, 1, 2).contiguous(memory_format=self.memory_format)
         x = x.float().div_(255.0)
         if self.size is not None and tuple(x.shape[-2:]) != self.size:
             x = F.interpolate(

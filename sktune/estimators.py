@@ -53,7 +53,10 @@ _COMMON_PARAMS = """
         batch pads less: the shuffled texts are sorted by length within
         mega-batches of up to 50 batches (transformers'
         ``LengthGroupedSampler``). Faster on texts of mixed lengths; batches
-        are less random.
+        are less random. It takes the place of shuffling, so it has no effect
+        with ``iterator_train__shuffle=False`` or a sampler of your own, and
+        it needs a ``train_split`` that returns subsets of the fit data (as
+        skorch's ``ValidSplit`` does).
     image_size : None, "auto", int or (int, int), default=None
         Resize uint8 images to this size before the backbone; "auto" uses the
         backbone's pretrained input size, None keeps the images' size.
@@ -65,18 +68,21 @@ _COMMON_PARAMS = """
         in ``cache_size``; True raises if it cannot; False never caches.
     cache_size : float, default=1024
         Memory budget of the cache in MB (shared by the process).
-    cache_dtype : None, "float16", "bfloat16" or "float32", default=None
+    cache_dtype : None, "float16", "bfloat16", "float32" or torch.dtype, default=None
         Store the cached prefix outputs at this precision (None: as
         computed). "float16" halves the cache's memory, so twice the data
         fits in ``cache_size``; batches are cast back as they are used. The
-        model then differs slightly from one trained with ``cache=False``.
+        model then differs slightly from one trained with ``cache=False``,
+        and ``embed`` returns the rounded features of a linear probe.
     channels_last : "auto", True or False, default="auto"
-        Run a convolutional backbone on images in channels-last memory
-        layout, which PyTorch's CPU (oneDNN) and cuDNN convolution kernels run
-        faster (about 2.5x for EfficientNet-Lite0 training on a CPU). The
-        values do not change, only their rounding. "auto" uses it for image
-        input whenever the backbone has 2-D convolutions and runs correctly in
-        that layout on a probe sample; True raises if it cannot; False never.
+        Run a convolutional backbone on images (uint8 N x H x W x C, or float
+        N x C x H x W) in channels-last memory layout, which PyTorch's CPU
+        (oneDNN) and cuDNN convolution kernels run faster: EfficientNet-Lite0
+        fine-tunes about 1.5x faster on a CPU (``benchmarks/speed.py``). The
+        values do not change, only their rounding. "auto" uses it whenever the
+        backbone has 2-D convolutions and runs correctly in that layout on a
+        probe sample; True raises if it cannot; False never. Resolved when the
+        network is built (``fit``, or the first ``partial_fit``).
     criterion : torch criterion class, default={criterion}
     optimizer : torch optimizer class, default=torch.optim.AdamW
     lr : float, default=1e-3

@@ -55,6 +55,8 @@ class FineTuneNetwork(nn.Module):
         self.pooling = pooling
         self.split = split
         self.channels_last = channels_last
+        if channels_last and hasattr(preprocess, "memory_format"):
+            preprocess.memory_format = torch.channels_last
         # True while the input is the cached output of the frozen prefix.
         self.from_cut = False
 
@@ -155,8 +157,8 @@ def use_channels_last(backbone: nn.Module, x, reference: torch.Tensor) -> str | 
             out, reference, rtol=1e-3, atol=1e-4
         )
         reason = None if same else "its output differs in channels-last layout"
-    except RuntimeError as exc:
-        reason = f"it fails in channels-last layout ({exc})"
+    except Exception as exc:  # e.g. a .view() or an assert on contiguity
+        reason = f"it fails in channels-last layout ({type(exc).__name__}: {exc})"
     if reason is not None:
         backbone.to(memory_format=torch.contiguous_format)
     return reason

@@ -83,6 +83,26 @@ def test_cached_batches_through_a_validation_split_and_drop_last(blobs):
     np.testing.assert_allclose(on.predict_proba(X), off.predict_proba(X), atol=1e-5)
 
 
+def test_a_custom_dataset_turns_the_cache_off_for_prediction_too(blobs):
+    # Its transforms would be skipped (or fed cached outputs) otherwise.
+    from skorch.dataset import Dataset as SkorchDataset
+
+    class Shifted(SkorchDataset):
+        def transform(self, X, y):
+            X, y = super().transform(X, y)
+            return X + 1.0, y
+
+    X, y = blobs
+    clf = make(freeze="all", dataset=Shifted, cache_dtype="float16").fit(X, y)
+    assert not clf.cache_info_["enabled"]
+    assert STORE.nbytes() == 0
+    plain = make(freeze="all", cache=False).fit(X + 1.0, y)
+    np.testing.assert_allclose(
+        clf.predict_proba(X), plain.predict_proba(X + 1.0), atol=1e-5
+    )
+    assert STORE.nbytes() == 0
+
+
 def test_frozen_prefix_runs_once_per_sample_not_once_per_epoch(blobs):
     X, y = blobs
     CountingLinear.seen = 0
@@ -331,6 +351,8 @@ def test_half_precision_storage_of_a_cnn_cut(images):
     full = make(tiny_cnn(), freeze=2, lr=3e-3).fit(X, y)
     half = make(tiny_cnn(), freeze=2, lr=3e-3, cache_dtype="float16").fit(X, y)
     assert half.module_.split.cut == 6 and half.cache_info_["enabled"]
+    stored = STORE._contexts[half._cache_context()].values()
+    assert stored and all(row.dtype == torch.float16 for row in stored)
     assert np.mean(half.predict(X) == full.predict(X)) > 0.95
 
 
