@@ -10,7 +10,7 @@ Every variant runs in its own process so that its peak RSS is its own; wall
 times are measured inside, around ``fit`` (model loading excluded, the same
 for all). Run from the repository root:
 
-    python benchmarks/speed.py            # all sections, ~13 minutes on 2 cores
+    python benchmarks/speed.py            # all sections, ~15 minutes on 2 cores
     python benchmarks/speed.py --section probe
 
 Needs the ant/bee photos of ../shared/data (or SKTUNE_SHARED_DATA).
