@@ -376,17 +376,17 @@ def test_cache_size_counts_the_storage_precision(blobs):
 # -- vision transformers: cut after the embedding and the frozen layers ----------
 
 
-def tiny_timm_vit():
+def tiny_timm_vit(name="vit_tiny_patch16_224", depth=3):
     timm = pytest.importorskip("timm")
     with torch.random.fork_rng():
         torch.manual_seed(0)
         return timm.create_model(
-            "vit_tiny_patch16_224",
+            name,
             pretrained=False,
             img_size=16,
             patch_size=4,
             embed_dim=16,
-            depth=3,
+            depth=depth,
             num_heads=2,
             num_classes=0,
         )
@@ -480,22 +480,10 @@ def test_vision_transformer_cut_needs_every_embedding_parameter_frozen():
     # A distilled DeiT adds a distillation token in its embedding. With every
     # module in eval mode and every parameter before the layers frozen except
     # that token, nothing before the layers is static: no cut.
-    timm = pytest.importorskip("timm")
     from sktune.cache import plan_split
     from sktune.freeze import FreezePlan
 
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        deit = timm.create_model(
-            "deit_tiny_distilled_patch16_224",
-            pretrained=False,
-            img_size=16,
-            patch_size=4,
-            embed_dim=16,
-            depth=2,
-            num_heads=2,
-            num_classes=0,
-        )
+    deit = tiny_timm_vit("deit_tiny_distilled_patch16_224", depth=2)
     prefix = ("cls_token", "pos_embed", "dist_token", "patch_embed.", "blocks.0.")
     frozen = [n for n, _ in deit.named_parameters() if n.startswith(prefix)]
     plan = FreezePlan(frozen, tuple(n for n, _ in deit.named_modules()), None)
