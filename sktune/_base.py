@@ -433,6 +433,9 @@ class FineTuneMixin:
         )[0]
         features, order = _probe(backbone, preprocess, batch)
         channels_last = self._plan_layout(backbone, preprocess, batch, features)
+        if channels_last and preprocess is not None:
+            # uint8 N x H x W x C permuted is channels-last already: no copy.
+            preprocess.memory_format = torch.channels_last
         blocks = block_map(backbone, order)
         plan = plan_freeze(backbone, blocks, self.freeze)
         apply_freeze(backbone, plan)

@@ -368,8 +368,8 @@ class ImagePreprocess(nn.Module):
 
     def __init__(self, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), size=None):
         super().__init__()
-        # The layout of the output; FineTuneNetwork sets channels-last when
-        # its backbone runs so (then the permuted view needs no copy).
+        # The layout of the output: channels-last when the backbone runs so
+        # (set when the estimator builds its network).
         self.memory_format = torch.contiguous_format
         self.register_buffer(
             "mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)

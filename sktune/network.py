@@ -55,8 +55,6 @@ class FineTuneNetwork(nn.Module):
         self.pooling = pooling
         self.split = split
         self.channels_last = channels_last
-        if channels_last and hasattr(preprocess, "memory_format"):
-            preprocess.memory_format = torch.channels_last
         # True while the input is the cached output of the frozen prefix.
         self.from_cut = False
 
