@@ -1,33 +1,12 @@
 """The block map: a backbone's ordered, freezable blocks, input side first.
 
 ``freeze=k`` means "the first k blocks of the block map", so the map decides
-what a freeze depth means for every backbone. Known families are recognised
-first, for module instances as much as for string specs:
-
-- timm models (they have ``group_matcher``): timm's own coarse parameter
-  groups (stem, then each stage or block), as used for its layer-wise
-  learning-rate decay. Parameters timm leaves unmatched (a final norm, a
-  ``conv_head``) join the last block; the classifier (``get_classifier()``)
-  belongs to no block.
-- torchvision ResNet family: the stem (``conv1``, ``bn1``, ``relu``,
-  ``maxpool``), then ``layer1`` to ``layer4``.
-- torchvision models with a ``features`` ``nn.Sequential`` (EfficientNet,
-  MobileNet V2/V3, ConvNeXt, VGG, DenseNet, ...): the children of
-  ``features``; what remains of the ``classifier`` before its final
-  ``nn.Linear`` (a norm, a pre-logits layer) joins the last block.
-- torchvision ``VisionTransformer``: the patch embedding (``conv_proj``,
-  ``class_token``, ``encoder.pos_embedding``), then each ``encoder.layers``
-  block; the final ``encoder.ln`` joins the last block.
-- Hugging Face encoders (BERT, MiniLM, RoBERTa, ELECTRA, DistilBERT, ...,
-  bare, inside a task model, or inside :class:`sktune._hf.HFEncoder`): the
-  embeddings, then each encoder layer (``encoder.layer`` or
-  ``transformer.layer``); the pooler and anything else of the base model
-  join the last block. Task heads outside the base model belong to no block.
-
-In every family the final classification layer belongs to no block: it is
-trained unless ``freeze="all"``. Submodules without parameters or buffers
-(activations, pooling, dropout) join the block of the module registered
-before them.
+what a freeze depth means for every backbone. A known model family
+(:mod:`sktune.families`: timm, torchvision, vision transformers, Hugging Face
+encoders) assigns each parameter and buffer to a block; in every family the
+final classification layer belongs to no block, so it trains unless
+``freeze="all"``. Submodules without parameters or buffers (activations,
+pooling, dropout) join the block of the module registered before them.
 
 Otherwise a generic rule applies:
 
@@ -42,17 +21,14 @@ directly on the root module (e.g. a class token) join the first block.
 
 from __future__ import annotations
 
-import re
-import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["Block", "block_map", "record_child_order"]
+from .families import BlockOf, family_of
 
-# Parameter or buffer name -> block index, or None for "in no block".
-_BlockOf = Callable[[str], "int | None"]
+__all__ = ["Block", "block_map", "describe_blocks", "record_child_order"]
 
 
 @dataclass(frozen=True)
@@ -123,7 +99,7 @@ def block_map(module: nn.Module, child_order: list[str] | None = None) -> list[B
         (a child runs twice, interleaved with others), so "the first k blocks"
         has no meaning for this module.
     """
-    block_of = _family_block_of(module)
+    block_of = family_of(module).block_of(module)
     if block_of is not None:
         blocks = _blocks_from(module, block_of)
         if blocks:
@@ -143,222 +119,10 @@ def block_map(module: nn.Module, child_order: list[str] | None = None) -> list[B
     return _group(module, order)
 
 
-# -- known families ----------------------------------------------------------
-
-
-def _family_block_of(module: nn.Module) -> _BlockOf | None:
-    """The block assignment of a known family, or None for the generic rule."""
-    for finder in (_hf_block_of, _timm_block_of, _torchvision_block_of):
-        block_of = finder(module)
-        if block_of is not None:
-            return block_of
-    return None
-
-
-def _loaded(name: str):
-    """The module ``name`` if it is already imported (a model of that library
-    can only exist if it is), else None: plain modules never pay for an import.
-    """
-    return sys.modules.get(name)
-
-
-def _module_name(root: nn.Module, target: nn.Module) -> str | None:
-    for name, mod in root.named_modules():
-        if mod is target:
-            return name
-    return None
-
-
-def _under(name: str, prefix: str) -> bool:
-    return prefix == "" or name == prefix or name.startswith(prefix + ".")
-
-
-def _timm_block_of(module: nn.Module) -> _BlockOf | None:
-    matcher_fn = getattr(module, "group_matcher", None)
-    if not callable(matcher_fn) or _loaded("timm") is None:
-        return None
-    from timm.models._manipulate import group_with_matcher
-
-    classifier = None
-    get_classifier = getattr(module, "get_classifier", None)
-    if callable(get_classifier):
-        try:
-            head = get_classifier()
-        except (AttributeError, NotImplementedError, TypeError):
-            head = None
-        if isinstance(head, nn.Module):
-            classifier = _module_name(module, head)
-    if classifier == "":  # the whole model is its own classifier: no grouping
-        return None
-    names = [
-        n
-        for n in _tensor_names(module)
-        if classifier is None or not _under(n, classifier)
-    ]
-    # A name that no pattern matches lands in timm's last group (the one for
-    # "neck, head" layers); the sentinel tells which group that is.
-    sentinel = "\x00sktune-unmatched"
-    try:
-        matcher = matcher_fn(coarse=True)
-    except (NotImplementedError, TypeError, AttributeError):
-        return None  # a model without grouping: the generic rule applies
-    group_of = group_with_matcher(
-        ((n, None) for n in [*names, sentinel]), matcher, reverse=True
-    )
-    unmatched = group_of.pop(sentinel)
-    n_groups = max(group_of.values(), default=-1) + 1
-    if unmatched == n_groups - 1 and n_groups > 1:
-        # Unmatched non-classifier layers (a final norm, a conv head) belong
-        # to the feature extractor: they join the last real block.
-        group_of = {n: min(g, n_groups - 2) for n, g in group_of.items()}
-    return group_of.get
-
-
-def _torchvision_block_of(module: nn.Module) -> _BlockOf | None:
-    tvm = _loaded("torchvision.models")
-    if tvm is None:
-        return None
-    if isinstance(module, tvm.ResNet):
-        return _regex_block_of(
-            [(r"(?:conv1|bn1)(?:\.|$)", 0), (r"layer(\d+)(?:\.|$)", 0)],
-            classifier="fc",
-            rest=len([n for n, _ in module.named_children() if n.startswith("layer")]),
-        )
-    if isinstance(module, tvm.VisionTransformer):
-        return _regex_block_of(
-            [
-                (r"(?:conv_proj|class_token|encoder\.pos_embedding)(?:\.|$)", 0),
-                (r"encoder\.layers\.encoder_layer_(\d+)(?:\.|$)", 1),
-            ],
-            classifier=_final_linear(module, "heads"),
-            rest=len(module.encoder.layers),
-        )
-    features = getattr(module, "features", None)
-    if (
-        isinstance(features, nn.Sequential)
-        and len(features)
-        and type(module).__module__.startswith("torchvision.")
-    ):
-        # Children by position (DenseNet names them conv0, denseblock1, ...).
-        index = {name: i for i, (name, _) in enumerate(features.named_children())}
-        last = max(
-            (i for i, child in enumerate(features) if _has_tensors(child)), default=0
-        )
-        classifier = _final_linear(module, "classifier")
-
-        def block_of(name: str) -> int | None:
-            if classifier is not None and _under(name, classifier):
-                return None
-            if name.startswith("features."):
-                return index[name.split(".", 2)[1]]
-            return last
-
-        return block_of
-    return None
-
-
-def _has_tensors(module: nn.Module) -> bool:
-    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
-
-
-def _final_linear(module: nn.Module, name: str) -> str | None:
-    """Name of the final classification layer under ``name``, if it is Linear.
-
-    Only the last child counts: once sktune has replaced it by ``nn.Identity``
-    there is no classifier left, and the layers before it are features.
-    """
-    head = getattr(module, name, None)
-    if isinstance(head, nn.Linear):
-        return name
-    if isinstance(head, nn.Sequential) and len(head):
-        last_name, last = list(head.named_children())[-1]
-        if isinstance(last, nn.Linear):
-            return f"{name}.{last_name}"
-    return None
-
-
-def _regex_block_of(
-    rules: list[tuple[str, int]], *, classifier: str | None, rest: int
-) -> _BlockOf:
-    """Assign names by the first matching ``(regex, offset)`` rule.
-
-    A rule whose regex captures a number gives ``offset + number``, one
-    without a capture gives ``offset``. Names under ``classifier`` are in no
-    block; names that no rule matches go to block ``rest`` (the last one).
-    """
-    compiled = [(re.compile(pattern), offset) for pattern, offset in rules]
-
-    def block_of(name: str) -> int | None:
-        if classifier is not None and _under(name, classifier):
-            return None
-        for pattern, offset in compiled:
-            match = pattern.match(name)
-            if match:
-                return offset + (int(match.group(1)) if match.groups() else 0)
-        return rest
-
-    return block_of
-
-
-_HF_LAYER_PATHS = ("encoder.layer", "transformer.layer", "encoder.layers")
-
-
-def _hf_block_of(module: nn.Module) -> _BlockOf | None:
-    base, prefix = _hf_base(module)
-    if base is None or not isinstance(getattr(base, "embeddings", None), nn.Module):
-        return None
-    for path in _HF_LAYER_PATHS:
-        try:
-            layers = base.get_submodule(path)
-        except AttributeError:
-            continue
-        if isinstance(layers, nn.ModuleList) and len(layers):
-            break
-    else:
-        return None
-    block_of = _regex_block_of(
-        [(r"embeddings(?:\.|$)", 0), (re.escape(path) + r"\.(\d+)(?:\.|$)", 1)],
-        classifier=None,
-        rest=len(layers),
-    )
-
-    def prefixed(name: str) -> int | None:
-        # Task heads outside the base model are in no block.
-        if not name.startswith(prefix):
-            return None
-        return block_of(name[len(prefix) :])
-
-    return prefixed
-
-
-def _hf_base(module: nn.Module) -> tuple[nn.Module | None, str]:
-    """The Hugging Face base model inside ``module`` and its name prefix."""
-    prefix = ""
-    hf = _loaded("sktune._hf")
-    if hf is not None and isinstance(module, hf.HFEncoder):
-        module, prefix = module.model, "model."
-    transformers = _loaded("transformers")
-    if transformers is None or not isinstance(module, transformers.PreTrainedModel):
-        return None, ""
-    base = module.base_model
-    if base is not module:
-        name = _module_name(module, base)
-        if not name:
-            return None, ""
-        prefix += name + "."
-    return base, prefix
-
-
 # -- blocks from an assignment -------------------------------------------------
 
 
-def _tensor_names(module: nn.Module) -> list[str]:
-    names = [n for n, _ in module.named_parameters()]
-    names += [n for n, _ in module.named_buffers()]
-    return names
-
-
-def _blocks_from(module: nn.Module, block_of: _BlockOf) -> list[Block]:
+def _blocks_from(module: nn.Module, block_of: BlockOf) -> list[Block]:
     """Build blocks from a name -> block assignment of parameters and buffers.
 
     Block numbers are renumbered densely in sorted order. A block's modules
@@ -367,7 +131,8 @@ def _blocks_from(module: nn.Module, block_of: _BlockOf) -> list[Block]:
     it (the next block's, if it comes first). Returns [] when no tensor is in
     a block.
     """
-    assigned = {name: block_of(name) for name in _tensor_names(module)}
+    names = [*dict(module.named_parameters()), *dict(module.named_buffers())]
+    assigned = {name: block_of(name) for name in names}
     dense = {
         b: i
         for i, b in enumerate(sorted({b for b in assigned.values() if b is not None}))
@@ -466,3 +231,67 @@ def _block(module: nn.Module, name: str, module_names: list[str]) -> Block:
             prefix + p for p, _ in module.get_submodule(mod_name).named_parameters()
         )
     return Block(name or type(module).__name__, tuple(module_names), tuple(params))
+
+
+# -- description -------------------------------------------------------------------
+
+
+def describe_blocks(
+    backbone: nn.Module, blocks: list[Block], head: nn.Module, eval_modules
+) -> str:
+    """A table of the blocks and the head: parameters, trainable, frozen, mode.
+
+    Parameters
+    ----------
+    backbone : nn.Module
+        The (training copy of the) backbone the blocks are of.
+    blocks : list of Block
+        Its block map.
+    head : nn.Module
+        The task head, listed last.
+    eval_modules : iterable of str
+        The backbone modules kept in eval mode while the rest trains.
+
+    Returns
+    -------
+    str
+        One row per block, then the head.
+    """
+    named = dict(backbone.named_parameters())
+    frozen_modules = set(eval_modules)
+    rows = [("block", "name", "params", "trainable", "frozen", "mode")]
+    for i, block in enumerate(blocks):
+        params = [named[p] for p in block.params]
+        n = sum(p.numel() for p in params)
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        frozen = block.modules and set(block.modules) <= frozen_modules
+        rows.append(
+            (
+                str(i),
+                block.name,
+                f"{n:,}",
+                f"{trainable:,}",
+                f"{n - trainable:,}",
+                "eval" if frozen else "train",
+            )
+        )
+    head_n = sum(p.numel() for p in head.parameters())
+    head_trainable = sum(p.numel() for p in head.parameters() if p.requires_grad)
+    rows.append(
+        (
+            "head",
+            type(head).__name__,
+            f"{head_n:,}",
+            f"{head_trainable:,}",
+            f"{head_n - head_trainable:,}",
+            "train",
+        )
+    )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(w) if j < 2 else cell.rjust(w)
+            for j, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    )

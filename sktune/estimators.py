@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
-import torch
+from sklearn.utils.metaestimators import available_if
 from skorch import NeuralNetClassifier, NeuralNetRegressor
 from skorch.callbacks import EpochScoring
 from torch import nn
 
 from ._base import FineTuneMixin
-from .data import encode_labels
+from .data.inputs import encode_labels
 
 __all__ = ["FineTuneClassifier", "FineTuneRegressor"]
 
@@ -67,7 +69,10 @@ _COMMON_PARAMS = """
         :mod:`sktune.cache`). "auto" caches whenever that is exact and fits
         in ``cache_size``; True raises if it cannot; False never caches.
     cache_size : float, default=1024
-        Memory budget of the cache in MB (shared by the process).
+        The most one fit may cache, in MB: a fit whose prefix outputs need
+        more runs without the cache. What the process keeps across fits is
+        bounded by the store's own budget (:func:`sktune.set_cache_budget`)
+        and freed by :func:`sktune.clear_cache`.
     cache_dtype : None, "float16", "bfloat16", "float32" or torch.dtype, default=None
         Store the cached prefix outputs at this precision (None: as
         computed). "float16" halves the cache's memory, so twice the data
@@ -120,7 +125,26 @@ _COMMON_ATTRIBUTES = """
         Whether the frozen-prefix cache was used ("enabled"), why not
         ("reason"), and how many samples' prefix outputs were computed or
         reused.
+    prefix_cache_ : PrefixCache
+        The frozen-prefix cache: its cut (``split``), key and settings.
+    input_spec_ : FittedInput
+        What fit saw of X (its kind, one sample's shape and dtype), never a
+        sample: the network is rebuilt from it and the parameters alone.
+    tokenizer_ : tokenizer or None
+        The backbone's tokenizer, for text input.
 """
+
+
+def _signature(**defaults) -> inspect.Signature:
+    """The shared constructor signature (``FineTuneMixin.__init__``) with
+    this estimator's defaults: one definition, two estimators."""
+    signature = inspect.signature(FineTuneMixin.__init__)
+    return signature.replace(
+        parameters=[
+            p.replace(default=defaults[p.name]) if p.name in defaults else p
+            for p in signature.parameters.values()
+        ]
+    )
 
 
 def _encoded_accuracy(net, X, y) -> float:
@@ -155,53 +179,10 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
 """
     )
 
-    def __init__(
-        self,
-        backbone,
-        *,
-        freeze=None,
-        head="linear",
-        random_state=None,
-        pooling=None,
-        max_length=None,
-        group_by_length=False,
-        image_size=None,
-        cache="auto",
-        cache_size=1024,
-        cache_dtype=None,
-        channels_last="auto",
-        criterion=nn.CrossEntropyLoss,
-        optimizer=torch.optim.AdamW,
-        lr=1e-3,
-        max_epochs=10,
-        batch_size=32,
-        train_split=None,
-        verbose=0,
-        **kwargs,
-    ):
-        self.backbone = backbone
-        self.freeze = freeze
-        self.head = head
-        self.random_state = random_state
-        self.pooling = pooling
-        self.max_length = max_length
-        self.group_by_length = group_by_length
-        self.image_size = image_size
-        self.cache = cache
-        self.cache_size = cache_size
-        self.cache_dtype = cache_dtype
-        self.channels_last = channels_last
-        super().__init__(
-            None,
-            criterion=criterion,
-            optimizer=optimizer,
-            lr=lr,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            train_split=train_split,
-            verbose=verbose,
-            **kwargs,
-        )
+    def __init__(self, backbone, *, criterion=nn.CrossEntropyLoss, **kwargs):
+        super().__init__(backbone, criterion=criterion, **kwargs)
+
+    __init__.__signature__ = _signature(criterion=nn.CrossEntropyLoss)
 
     @property
     def _default_callbacks(self):
@@ -237,13 +218,40 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
         return encode_labels(y, self.classes_)
 
     def predict_proba(self, X):
-        """Class probabilities, one column per entry of ``classes_``."""
+        """Class probabilities, one column per entry of ``classes_``.
+
+        Parameters
+        ----------
+        X : array-like, list of str or mapping
+            Input of the kind the estimator was fitted on.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
         return self._forward_numpy(self._check_predict_X(X))
 
     def predict(self, X):
-        """The most probable class label for each sample."""
+        """The most probable class label for each sample.
+
+        Parameters
+        ----------
+        X : array-like, list of str or mapping
+            Input of the kind the estimator was fitted on.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            Labels from ``classes_``.
+        """
         proba = self.predict_proba(X)
         return self.classes_[proba.argmax(axis=1)]
+
+
+def _no_proba(estimator):
+    raise AttributeError(
+        f"{type(estimator).__name__} has no predict_proba; use predict."
+    )
 
 
 class FineTuneRegressor(FineTuneMixin, NeuralNetRegressor):
@@ -270,53 +278,10 @@ class FineTuneRegressor(FineTuneMixin, NeuralNetRegressor):
 """
     )
 
-    def __init__(
-        self,
-        backbone,
-        *,
-        freeze=None,
-        head="linear",
-        random_state=None,
-        pooling=None,
-        max_length=None,
-        group_by_length=False,
-        image_size=None,
-        cache="auto",
-        cache_size=1024,
-        cache_dtype=None,
-        channels_last="auto",
-        criterion=nn.MSELoss,
-        optimizer=torch.optim.AdamW,
-        lr=1e-3,
-        max_epochs=10,
-        batch_size=32,
-        train_split=None,
-        verbose=0,
-        **kwargs,
-    ):
-        self.backbone = backbone
-        self.freeze = freeze
-        self.head = head
-        self.random_state = random_state
-        self.pooling = pooling
-        self.max_length = max_length
-        self.group_by_length = group_by_length
-        self.image_size = image_size
-        self.cache = cache
-        self.cache_size = cache_size
-        self.cache_dtype = cache_dtype
-        self.channels_last = channels_last
-        super().__init__(
-            None,
-            criterion=criterion,
-            optimizer=optimizer,
-            lr=lr,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            train_split=train_split,
-            verbose=verbose,
-            **kwargs,
-        )
+    def __init__(self, backbone, *, criterion=nn.MSELoss, **kwargs):
+        super().__init__(backbone, criterion=criterion, **kwargs)
+
+    __init__.__signature__ = _signature(criterion=nn.MSELoss)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -338,14 +303,21 @@ class FineTuneRegressor(FineTuneMixin, NeuralNetRegressor):
             )
         return y.reshape(len(y), n_targets)
 
-    @property
-    def predict_proba(self):
-        # skorch's NeuralNetRegressor inherits predict_proba; a regressor has none.
-        raise AttributeError(
-            f"{type(self).__name__} has no predict_proba; use predict."
-        )
+    @available_if(_no_proba)
+    def predict_proba(self, X):
+        """A regressor has none (skorch's NeuralNetRegressor inherits one)."""
 
     def predict(self, X):
-        """Predicted targets: 1-D if fitted on a 1-D ``y``, else 2-D."""
+        """Predicted targets: 1-D if fitted on a 1-D ``y``, else 2-D.
+
+        Parameters
+        ----------
+        X : array-like, list of str or mapping
+            Input of the kind the estimator was fitted on.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) or (n_samples, n_targets)
+        """
         out = self._forward_numpy(self._check_predict_X(X)).astype(np.float64)
         return out.ravel() if self._y_ndim == 1 else out

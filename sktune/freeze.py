@@ -14,22 +14,25 @@ import fnmatch
 import math
 import numbers
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sklearn.base import BaseEstimator
 from torch import nn
 
-from .blocks import Block
+if TYPE_CHECKING:
+    from .blocks import Block
 
 __all__ = [
+    "FREEZE_ACCEPTED",
     "Freeze",
     "FreezePlan",
     "apply_freeze",
     "frozen_modules",
+    "is_policy",
     "plan_freeze",
-    "set_frozen_eval",
 ]
 
-_ACCEPTED = (
+FREEZE_ACCEPTED = (
     "None or 0 (train everything), an int k (freeze the first k blocks), a "
     "negative int -k (freeze all but the last k blocks), a float in [0, 1] (that "
     "fraction of the blocks), 'all' (train only the head), a list of "
@@ -82,6 +85,21 @@ class FreezePlan:
     n_frozen_blocks: int | None
 
 
+def is_policy(freeze) -> bool:
+    """Whether ``freeze`` is a freeze policy by its type (ranges need blocks).
+
+    A :class:`Freeze` is checked field by field when validated as a nested
+    parameter; here it counts as a policy.
+    """
+    if freeze is None or isinstance(freeze, Freeze):
+        return True
+    if isinstance(freeze, str):
+        return freeze == "all"
+    if isinstance(freeze, (list, tuple)):
+        return all(isinstance(p, str) for p in freeze)
+    return isinstance(freeze, numbers.Real) and not isinstance(freeze, bool)
+
+
 def plan_freeze(
     module: nn.Module, blocks: list[Block], freeze, *, param: str = "freeze"
 ) -> FreezePlan:
@@ -98,9 +116,9 @@ def plan_freeze(
         train_bn = freeze.train_bn
         if not isinstance(train_bn, bool):
             raise TypeError(
-                f"{param}.train_bn must be True or False, got {train_bn!r}."
+                f"{param}__train_bn={train_bn!r} is not valid; use True or False."
             )
-        freeze, param = freeze.depth, f"{param}.depth"
+        freeze, param = freeze.depth, f"{param}__depth"
     n_blocks = len(blocks)
 
     if isinstance(freeze, (list, tuple)):
@@ -113,7 +131,7 @@ def plan_freeze(
         depth = n_blocks
     elif isinstance(freeze, str):
         raise ValueError(
-            f"{param}={freeze!r} is not a valid freeze policy; use {_ACCEPTED}."
+            f"{param}={freeze!r} is not a valid freeze policy; use {FREEZE_ACCEPTED}."
         )
     else:
         depth = _resolve_depth(freeze, n_blocks, param)
@@ -137,18 +155,12 @@ def frozen_modules(module: nn.Module, plan: FreezePlan) -> list[nn.Module]:
     return [module.get_submodule(name) for name in plan.eval_modules]
 
 
-def set_frozen_eval(module: nn.Module, plan: FreezePlan) -> None:
-    """Put the frozen modules of ``module`` in eval mode (call after ``train()``)."""
-    for frozen in frozen_modules(module, plan):
-        frozen.training = False
-
-
 def _resolve_depth(freeze, n_blocks: int, param: str) -> int:
     if freeze is None:
         return 0
     if isinstance(freeze, bool) or not isinstance(freeze, numbers.Real):
         raise TypeError(
-            f"{param}={freeze!r} is not a valid freeze policy; use {_ACCEPTED}."
+            f"{param}={freeze!r} is not a valid freeze policy; use {FREEZE_ACCEPTED}."
         )
     if isinstance(freeze, numbers.Integral):
         k = int(freeze)

@@ -7,14 +7,37 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-__all__ = ["POOLINGS", "build_head", "pool_features"]
+__all__ = [
+    "HEADS",
+    "HEAD_ACCEPTED",
+    "POOLINGS",
+    "build_head",
+    "head_hint",
+    "is_head",
+    "pool_features",
+]
 
 HEADS = ("linear", "mlp")
+HEAD_ACCEPTED = (
+    f"one of {list(HEADS)} or a callable (in_features, out_features) -> nn.Module"
+)
 
 
-def build_head(
-    head, in_features: int, out_features: int, *, param: str = "head"
-) -> nn.Module:
+def is_head(head) -> bool:
+    """Whether ``head`` is a valid ``head`` parameter (see :func:`build_head`)."""
+    if isinstance(head, str):
+        return head in HEADS
+    return callable(head) and not isinstance(head, nn.Module)
+
+
+def head_hint(head) -> str:
+    """Why a value is no head, beyond what is accepted."""
+    if isinstance(head, nn.Module):
+        return "A module instance would be shared between fits; pass a factory instead."
+    return ""
+
+
+def build_head(head, in_features: int, out_features: int) -> nn.Module:
     """Build a fresh head mapping ``in_features`` to ``out_features``.
 
     Parameters
@@ -23,33 +46,29 @@ def build_head(
         ``"linear"``: one ``nn.Linear``. ``"mlp"``: Linear, GELU, Dropout(0.1),
         Linear, with a hidden width of ``min(in_features, 512)``. A callable is
         called as ``head(in_features, out_features)`` and must return an
-        ``nn.Module``.
+        ``nn.Module``. Validated beforehand with :func:`is_head`.
+    in_features, out_features : int
+        The backbone's feature width and the number of outputs.
+
+    Returns
+    -------
+    nn.Module
+        The head, with freshly drawn weights.
     """
-    if isinstance(head, str):
-        if head == "linear":
-            return nn.Linear(in_features, out_features)
-        if head == "mlp":
-            hidden = min(in_features, 512)
-            return nn.Sequential(
-                nn.Linear(in_features, hidden),
-                nn.GELU(),
-                nn.Dropout(0.1),
-                nn.Linear(hidden, out_features),
-            )
-        raise ValueError(
-            f"{param}={head!r} is not a known head; use one of {list(HEADS)} or a "
-            "callable (in_features, out_features) -> nn.Module."
-        )
-    if isinstance(head, nn.Module) or not callable(head):
-        raise TypeError(
-            f"{param} must be one of {list(HEADS)} or a callable "
-            f"(in_features, out_features) -> nn.Module, got {head!r}. A module "
-            "instance would be shared between fits; pass a factory instead."
+    if head == "linear":
+        return nn.Linear(in_features, out_features)
+    if head == "mlp":
+        hidden = min(in_features, 512)
+        return nn.Sequential(
+            nn.Linear(in_features, hidden),
+            nn.GELU(),
+            nn.Dropout(0.1),
+            nn.Linear(hidden, out_features),
         )
     module = head(in_features, out_features)
     if not isinstance(module, nn.Module):
         raise TypeError(
-            f"{param} factory {head!r} returned {type(module).__name__}, expected an "
+            f"head factory {head!r} returned {type(module).__name__}, expected an "
             "nn.Module."
         )
     return module

@@ -1,15 +1,15 @@
-"""The module skorch trains: input preprocessing, a backbone copy, pooling, a head."""
+"""The module skorch trains: preprocessing, a backbone copy, pooling, a head."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .cache import Split, eval_mode, run_units, vit_prefix, vit_suffix
+from .cache.split import Split
 from .freeze import FreezePlan, frozen_modules
 from .heads import pool_features
 
-__all__ = ["FineTuneNetwork", "use_channels_last"]
+__all__ = ["FineTuneNetwork"]
 
 
 class FineTuneNetwork(nn.Module):
@@ -33,8 +33,11 @@ class FineTuneNetwork(nn.Module):
         Feed 4-D image tensors to the backbone in channels-last memory layout
         (the backbone's own weights must have been converted likewise).
 
-    Tokenized input arrives as keyword arguments (``input_ids=...``) and goes
-    to the backbone as such.
+    Notes
+    -----
+    Input arrives as a tensor ``X``, as keyword arguments (tokenized text:
+    ``input_ids=...``), or as ``cached=...``: a batch of cached prefix
+    outputs (see :mod:`sktune.cache`), from which only ``split.suffix`` runs.
     """
 
     def __init__(
@@ -55,8 +58,6 @@ class FineTuneNetwork(nn.Module):
         self.pooling = pooling
         self.split = split
         self.channels_last = channels_last
-        # True while the input is the cached output of the frozen prefix.
-        self.from_cut = False
 
     def train(self, mode: bool = True):
         # skorch calls train() before every training batch: when training mode
@@ -79,84 +80,33 @@ class FineTuneNetwork(nn.Module):
             self.__dict__["_frozen"] = modules
         return modules
 
-    def prefix(self, X=None, **inputs):
-        """The output of the frozen prefix: what the feature cache stores."""
-        if self.split.whole:
-            return self.features(X, **inputs)
-        if self.split.tokens:
-            return self.backbone.prefix_states(self.split.cut, **inputs)
-        if self.split.vit is not None:
-            return vit_prefix(
-                self.backbone, self.split.vit, self.split.cut, self._input(X)
-            )
-        return run_units(
-            self.backbone, self.split.units[: self.split.cut], self._input(X)
-        )
-
-    def features(self, X=None, **inputs):
-        """The pooled backbone features that the head sees."""
-        out = self.backbone(**inputs) if X is None else self.backbone(self._input(X))
-        return pool_features(out, self.pooling)
-
-    def _input(self, X):
-        """Preprocessed tensor input, in the backbone's memory layout."""
-        x = self.preprocess(X) if self.preprocess is not None else X
-        return self._layout(x)
-
-    def _layout(self, x):
-        if self.channels_last and x.ndim == 4:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
-
-    def forward(self, X=None, **inputs):
-        if X is not None and inputs:
+    def forward(self, X=None, *, cached=None, **inputs):
+        if inputs and (X is not None or cached is not None):
             # skorch passes fit parameters to forward; none is supported here.
             raise TypeError(
                 f"unexpected keyword argument(s) {sorted(inputs)}: the network takes "
                 "the input X only (sample_weight is not supported)."
             )
-        if self.from_cut:
-            if self.split.tokens:
-                X = self.backbone.suffix_features(self.split.cut, **inputs)
-            elif self.split.vit is not None:
-                X = vit_suffix(self.backbone, self.split.vit, self.split.cut, X)
-                X = pool_features(X, self.pooling)
-            elif not self.split.whole:
-                suffix = self.split.units[self.split.cut :]
-                X = run_units(self.backbone, suffix, self._layout(X))
-                X = pool_features(X, self.pooling)
-            return self.head(X)
+        if cached is not None:
+            return self.head(self.split.suffix(self, cached))
         return self.head(self.features(X, **inputs))
 
+    def features(self, X=None, **inputs) -> torch.Tensor:
+        """The pooled backbone features that the head sees."""
+        out = self.backbone(**inputs) if X is None else self.backbone(self.input(X))
+        return pool_features(out, self.pooling)
 
-def use_channels_last(backbone: nn.Module, x, reference: torch.Tensor) -> str | None:
-    """Convert ``backbone`` to channels-last memory layout where that is safe.
+    def prefix(self, X=None, **inputs) -> torch.Tensor:
+        """The output of the frozen prefix: what the cache stores."""
+        return self.split.prefix(self, X, **inputs)
 
-    Channels-last (NHWC strides) is the layout that oneDNN's CPU kernels and
-    cuDNN run convolutions fastest in; the values do not change. The backbone
-    is converted in place and checked on ``x`` (a preprocessed probe batch):
-    it must run and reproduce ``reference``, its pooled features in the
-    default layout (a module that calls ``.view`` on its input fails here).
+    def input(self, X) -> torch.Tensor:
+        """Preprocessed tensor input, in the backbone's memory layout."""
+        x = self.preprocess(X) if self.preprocess is not None else X
+        return self.layout(x)
 
-    Returns None when the backbone now runs channels-last, else the reason it
-    stays as it was.
-    """
-    if not isinstance(x, torch.Tensor) or x.ndim != 4:
-        return "the input is not a batch of images (N x C x H x W)"
-    if not any(isinstance(m, nn.Conv2d) for m in backbone.modules()):
-        return "the backbone has no 2-D convolution"
-    backbone.to(memory_format=torch.channels_last)
-    try:
-        with torch.no_grad(), eval_mode(backbone):
-            out = pool_features(
-                backbone(x.contiguous(memory_format=torch.channels_last))
-            )
-        same = out.shape == reference.shape and torch.allclose(
-            out, reference, rtol=1e-3, atol=1e-4
-        )
-        reason = None if same else "its output differs in channels-last layout"
-    except Exception as exc:  # e.g. a .view() or an assert on contiguity
-        reason = f"it fails in channels-last layout ({type(exc).__name__}: {exc})"
-    if reason is not None:
-        backbone.to(memory_format=torch.contiguous_format)
-    return reason
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the backbone's memory layout."""
+        if self.channels_last and x.ndim == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x

@@ -9,7 +9,7 @@ import pandas as pd
 import psutil
 import pytest
 import torch
-from conftest import assert_same_state, mlp_backbone, state_snapshot, tiny_cnn
+from helpers import assert_same_state, mlp_backbone, state_snapshot, tiny_cnn
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import Pipeline
@@ -106,7 +106,8 @@ def test_cloning_shares_the_pristine_backbone(wrap):
     assert all(c.backbone is backbone for c in clones)
 
 
-def test_backbone_factory_is_called_once_and_shared():
+def test_backbone_factory_is_called_once_and_shared(blobs):
+    X, y = blobs
     calls = []
 
     def factory():
@@ -114,10 +115,15 @@ def test_backbone_factory_is_called_once_and_shared():
         return mlp_backbone()
 
     backbone = Backbone(factory)
-    a, b = backbone.training_copy(), copy.deepcopy(backbone).training_copy()
+    a = make_clf(backbone, freeze=1, max_epochs=1).fit(X, y)
+    b = make_clf(copy.deepcopy(backbone), freeze=1, max_epochs=1).fit(X, y)
     assert len(calls) == 1
-    assert a is not b
-    assert_same_state(state_snapshot(a), state_snapshot(b))
+    pristine = backbone.module()
+    assert copy.deepcopy(backbone).module() is pristine
+    # Each fit trained a private copy of the one pristine module.
+    copies = {id(a.module_.backbone), id(b.module_.backbone), id(pristine)}
+    assert len(copies) == 3
+    assert_same_state(state_snapshot(pristine), state_snapshot(mlp_backbone()))
 
 
 # -- invariant 3: frozen means frozen -----------------------------------------
@@ -427,7 +433,7 @@ def test_head_options(blobs):
     assert custom.module_.head.bias is None
     with pytest.raises(
         ValueError,
-        match=r"head='conv' is not a known head; use one of \['linear', 'mlp'\]",
+        match=r"head='conv' is not valid; use one of \['linear', 'mlp'\] or a callable",
     ):
         make_clf(head="conv").fit(X, y)
 
@@ -449,15 +455,25 @@ def test_head_options(blobs):
         (
             "some",
             ValueError,
-            r"freeze='some' is not a valid freeze policy; use None or 0",
+            r"freeze='some' is not valid; use None or 0 \(train everything\)",
         ),
-        (True, TypeError, r"freeze=True is not a valid freeze policy"),
+        (True, TypeError, r"freeze=True is not valid; use None or 0"),
         (
             ["nope.*"],
             ValueError,
             r"freeze pattern 'nope.\*' matches no backbone parameter",
         ),
-        (Freeze(depth=9), ValueError, r"freeze.depth=9 is out of range"),
+        (Freeze(depth=9), ValueError, r"freeze__depth=9 is out of range"),
+        (
+            Freeze(depth="some"),
+            ValueError,
+            r"freeze__depth='some' is not valid; use None or 0",
+        ),
+        (
+            Freeze(train_bn="yes"),
+            TypeError,
+            r"freeze__train_bn='yes' is not valid; use True or False",
+        ),
     ],
 )
 def test_bad_freeze_is_reported_with_the_valid_range(blobs, freeze, error, message):
@@ -471,7 +487,7 @@ def test_bad_freeze_is_reported_with_the_valid_range(blobs, freeze, error, messa
 
 def test_backbone_of_the_wrong_type():
     with pytest.raises(
-        TypeError, match=r"backbone must be an nn.Module instance, a zero-argument"
+        TypeError, match=r"backbone=42 is not valid; use an nn.Module instance, a zero"
     ):
         make_clf(backbone=42).fit(np.zeros((4, 2)), [0, 1, 0, 1])
 

@@ -69,7 +69,7 @@ def test_minilm_batches_are_padded_dynamically(minilm, sentences):
         0
     ]
     lengths = [len(clf.tokenizer_(t)["input_ids"]) for t in X_train[:8]]
-    assert batch["input_ids"].shape[1] == max(lengths) < clf._max_length()
+    assert batch["input_ids"].shape[1] == max(lengths) < clf._collator.max_length
 
 
 def test_minilm_partial_fine_tuning_beats_the_probe(minilm, sentences):

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import (
+from helpers import (
     assert_same_state,
     mlp_backbone,
     state_snapshot,
@@ -192,7 +192,7 @@ BAD_INPUT = [
         "fit",
         (X8, Y3),
         TypeError,
-        r"freeze=\{'depth': 1\} is not a valid freeze policy; use None or 0",
+        r"freeze=\{'depth': 1\} is not valid; use None or 0",
     ),
     (
         "head-value",
@@ -200,7 +200,7 @@ BAD_INPUT = [
         "fit",
         (X8, Y3),
         ValueError,
-        r"head='transformer' is not a known head; use one of \['linear', 'mlp'\]",
+        r"head='transformer' is not valid; use one of \['linear', 'mlp'\]",
     ),
     (
         "head-instance",
@@ -288,7 +288,7 @@ BAD_INPUT = [
         "fit",
         (X8, Y3),
         TypeError,
-        r"backbone must be an nn.Module instance",
+        r"backbone=42 is not valid; use an nn.Module instance",
     ),
     (
         "unknown-spec-prefix",
@@ -482,7 +482,7 @@ DETERMINISM_SCRIPT = textwrap.dedent(
     import sys
     sys.path.insert(0, {tests!r})
     import numpy as np
-    from conftest import mlp_backbone
+    from helpers import mlp_backbone
     from sktune import FineTuneClassifier
     rng = np.random.RandomState(0)
     X, y = rng.normal(size=(80, 8)), np.arange(80) % 3

@@ -1,20 +1,56 @@
-"""Channels-last memory layout for convolutional backbones on images."""
+"""uint8 images: preprocessing, resizing, the channels-last layout."""
 
 import numpy as np
 import pytest
 import torch
-from conftest import mlp_backbone, tiny_cnn
+from helpers import (
+    mlp_backbone,
+    tiny_cnn,
+)
 from torch import nn
 
 from sktune import FineTuneClassifier
 from sktune.cache import STORE
+from sktune.data import ImagePreprocess
 
 
-@pytest.fixture(autouse=True)
-def empty_store():
-    STORE.clear()
-    yield
-    STORE.clear()
+def test_uint8_images_are_converted_per_batch(images):
+    X, y = images
+    X8 = np.round(X[:, 0] * 255).astype(np.uint8)  # N x H x W grayscale
+    clf = FineTuneClassifier(
+        tiny_cnn(), freeze=1, lr=3e-3, max_epochs=10, random_state=0
+    )
+    clf.fit(X8, y)
+    assert clf.score(X8, y) > 0.8
+    # The same images as floats in [0, 1], N x C x H x W, give the same model.
+    floats = torch.as_tensor(X8).float().div(255).unsqueeze(1).numpy()
+    as_float = FineTuneClassifier(
+        tiny_cnn(), freeze=1, lr=3e-3, max_epochs=10, random_state=0
+    )
+    np.testing.assert_allclose(
+        as_float.fit(floats, y).predict_proba(floats), clf.predict_proba(X8), atol=1e-5
+    )
+
+
+def test_image_preprocess_normalizes_and_resizes():
+    x = torch.full((2, 4, 6, 3), 255, dtype=torch.uint8)
+    out = ImagePreprocess(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), size=(8, 8))(x)
+    assert out.shape == (2, 3, 8, 8)
+    torch.testing.assert_close(out, torch.ones_like(out))
+    floats = torch.rand(2, 3, 5, 5)
+    assert ImagePreprocess(size=(8, 8))(floats) is floats
+
+
+def test_image_size_resizes_uint8_images(images):
+    X, y = images
+    X8 = np.round(X[:, 0] * 255).astype(np.uint8)
+    clf = FineTuneClassifier(
+        tiny_cnn(), image_size=16, max_epochs=1, random_state=0
+    ).fit(X8, y)
+    assert clf.module_.preprocess.size == (16, 16)
+
+
+# -- channels-last layout
 
 
 def make(backbone, **kwargs):

@@ -1,13 +1,19 @@
-"""Hugging Face transformers encoders as pooled-feature backbones.
+"""Hugging Face transformers encoders: loading, pooling, blocks, cut.
 
-A leaf module: transformers and huggingface_hub are imported inside the
-functions that need them, never at import time.
+transformers and huggingface_hub are imported inside the functions that
+need them, never at import time.
 
-:class:`HFEncoder` wraps an encoder (``AutoModel``: BERT, MiniLM, RoBERTa,
-DistilBERT, ...) so that it returns one feature vector per text, pooled over
-the tokens the attention mask keeps. The wrapped model stays reachable as
-``encoder.model`` so the block map (:mod:`sktune.blocks`) can split it into
-embeddings and layers.
+- :class:`HFEncoder` wraps an encoder (``AutoModel``: BERT, MiniLM,
+  RoBERTa, DistilBERT, ...) so that it returns one feature vector per text,
+  pooled over the tokens the attention mask keeps; a bare transformers model
+  given as a backbone is wrapped in it. The model stays reachable as
+  ``encoder.model``.
+- Block map: the embeddings, then each encoder layer (``encoder.layer``,
+  ``transformer.layer`` or ``encoder.layers``); the pooler and anything else
+  of the base model join the last block; task heads outside the base model
+  (bare, inside a task model, or inside an ``HFEncoder``) are in no block.
+- Cut (:class:`TokenSplit`): after the embeddings and the frozen layers; the
+  cached value is each text's token states, re-padded per batch.
 """
 
 from __future__ import annotations
@@ -16,23 +22,33 @@ import copy
 import inspect
 import json
 import os
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
+from .._modules import module_name
+from ..cache.split import NoCache, Split
+from ..heads import POOLINGS
+from ._base import Family, Loaded, loaded
+from .torchvision import regex_block_of
+
 __all__ = [
-    "POOLINGS",
     "HFEncoder",
+    "HFFamily",
+    "TokenSplit",
     "default_pooling",
+    "is_local",
     "load_model",
     "load_tokenizer",
-    "pack_tokens",
+    "pool_tokens",
 ]
 
-POOLINGS = ("mean", "cls", "max")
+# Where encoders keep their list of transformer layers.
+_LAYER_PATHS = ("encoder.layer", "transformer.layer", "encoder.layers")
 
 # Keyword arguments of ``from_pretrained`` that also apply to the tokenizer.
 _SHARED_KWARGS = (
@@ -61,6 +77,109 @@ _ST_LEGACY = {
 }
 
 
+class HFFamily(Family):
+    name = "hf"
+    spec_prefix = "hf"
+    spec_example = "sentence-transformers/all-MiniLM-L6-v2"
+
+    def matches(self, module):
+        if isinstance(module, HFEncoder):
+            return True
+        transformers = loaded("transformers")
+        return transformers is not None and isinstance(
+            module, transformers.PreTrainedModel
+        )
+
+    def load(self, name, pretrained, kwargs):
+        if is_local(name):
+            name = str(Path(name).expanduser())
+        model = load_model(name, pretrained=pretrained, **kwargs)
+        pooling = default_pooling(name, **kwargs)
+        return Loaded(
+            HFEncoder(model, pooling=pooling, source=name),
+            text_source=name,
+            pooling=pooling,
+        )
+
+    def fetches(self, name, pretrained):
+        return not is_local(name)
+
+    def block_of(self, module):
+        base, prefix = _base_model(module)
+        if base is None or not isinstance(getattr(base, "embeddings", None), nn.Module):
+            return None
+        path = layers_path(base)
+        if path is None:
+            return None
+        block_of = regex_block_of(
+            [(r"embeddings(?:\.|$)", 0), (re.escape(path) + r"\.(\d+)(?:\.|$)", 1)],
+            classifier=None,
+            rest=len(base.get_submodule(path)),
+        )
+
+        def prefixed(name: str) -> int | None:
+            # Task heads outside the base model are in no block.
+            if not name.startswith(prefix):
+                return None
+            return block_of(name[len(prefix) :])
+
+        return prefixed
+
+    def plan_cut(self, backbone, static, blocks, order):
+        if not isinstance(backbone, HFEncoder) or layers_path(backbone.model) is None:
+            return NoCache(
+                "the backbone takes keyword inputs and is no known text encoder, so "
+                "only freeze='all' is cached"
+            )
+        n_static = 0
+        while n_static < len(blocks) and all(
+            static.module(m) for m in blocks[n_static].modules
+        ):
+            n_static += 1
+        if n_static == 0:
+            return NoCache("no frozen block at the input side")
+        return TokenSplit(n_static - 1)  # block 0 is the embeddings
+
+    def wrap(self, module):
+        """A bare transformers model, wrapped to return pooled features."""
+        if isinstance(module, HFEncoder):
+            return module
+        source = getattr(module, "name_or_path", None) or None
+        pooling = default_pooling(source) if source and is_local(source) else "mean"
+        return HFEncoder(module, pooling=pooling, source=source)
+
+
+def layers_path(model: nn.Module) -> str | None:
+    """Where a Hugging Face model keeps its list of transformer layers, if it does."""
+    if not isinstance(getattr(model, "embeddings", None), nn.Module):
+        return None
+    for path in _LAYER_PATHS:
+        try:
+            layers = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(layers, nn.ModuleList) and len(layers):
+            return path
+    return None
+
+
+def _base_model(module: nn.Module) -> tuple[nn.Module | None, str]:
+    """The Hugging Face base model inside ``module`` and its name prefix."""
+    prefix = ""
+    if isinstance(module, HFEncoder):
+        module, prefix = module.model, "model."
+    transformers = loaded("transformers")
+    if transformers is None or not isinstance(module, transformers.PreTrainedModel):
+        return None, ""
+    base = module.base_model
+    if base is not module:
+        name = module_name(module, base)
+        if not name:
+            return None, ""
+        prefix += name + "."
+    return base, prefix
+
+
 class HFEncoder(nn.Module):
     """A Hugging Face encoder that returns pooled features ``(N, D)``.
 
@@ -77,13 +196,15 @@ class HFEncoder(nn.Module):
         Where the model came from (hub id or local directory); the tokenizer
         is loaded from the same place.
 
-    Notes
-    -----
-    ``forward`` also accepts the packed layout of :func:`pack_tokens`: one
-    tensor ``(N, k, T)`` stacking ``input_ids``, ``attention_mask`` and
-    optionally ``token_type_ids``. Floating-point ids (a packed array that
-    went through float32 validation) are rounded back to integers; float32
-    holds every id below 2**24 exactly.
+    Examples
+    --------
+    >>> import transformers
+    >>> from sktune.families.hf import HFEncoder
+    >>> config = transformers.BertConfig(hidden_size=32, num_hidden_layers=1,
+    ...                                  num_attention_heads=2, intermediate_size=37)
+    >>> encoder = HFEncoder(transformers.BertModel(config))
+    >>> encoder(input_ids=torch.tensor([[2, 5, 3]])).shape
+    torch.Size([1, 32])
     """
 
     def __init__(
@@ -97,58 +218,32 @@ class HFEncoder(nn.Module):
         # token_type_ids; checked once, not per batch.
         self.takes_token_type_ids = _accepts(model, "token_type_ids")
 
-    @property
-    def feature_dim(self) -> int | None:
-        """Width of the pooled features (``config.hidden_size``), if known."""
-        config = getattr(self.model, "config", None)
-        for attr in ("hidden_size", "dim", "d_model"):
-            if isinstance(getattr(config, attr, None), int):
-                return getattr(config, attr)
-        return None
-
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if self.pooling not in POOLINGS:
-            raise ValueError(
-                f"pooling={self.pooling!r} is not a known pooling; use one of "
-                f"{list(POOLINGS)}."
-            )
-        if input_ids.ndim == 3 and attention_mask is None:
-            input_ids, attention_mask, token_type_ids = _unpack(input_ids)
-        input_ids = _as_ids(input_ids)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        attention_mask = _as_ids(attention_mask)
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None and self.takes_token_type_ids:
-            kwargs["token_type_ids"] = _as_ids(token_type_ids)
-        output = self.model(**kwargs)
-        hidden = (
-            output["last_hidden_state"] if isinstance(output, Mapping) else output[0]
+        hidden = _last_hidden(
+            self.model(**self._inputs(input_ids, attention_mask, token_type_ids))
         )
         return pool_tokens(hidden, attention_mask, self.pooling)
+
+    def _inputs(self, input_ids, attention_mask, token_type_ids) -> dict:
+        kwargs = {
+            "input_ids": input_ids.long(),
+            "attention_mask": attention_mask.long(),
+        }
+        if token_type_ids is not None and self.takes_token_type_ids:
+            kwargs["token_type_ids"] = token_type_ids.long()
+        return kwargs
 
     def extra_repr(self) -> str:
         return f"pooling={self.pooling!r}, source={self.source!r}"
 
     # -- split at a layer, for the frozen-prefix cache ------------------------
-
-    def layers_path(self) -> str | None:
-        """Where the model keeps its list of transformer layers, if it does."""
-        if not isinstance(getattr(self.model, "embeddings", None), nn.Module):
-            return None
-        for path in _LAYER_PATHS:
-            try:
-                layers = self.model.get_submodule(path)
-            except AttributeError:
-                continue
-            if isinstance(layers, nn.ModuleList):
-                return path
-        return None
 
     def prefix_states(
         self,
@@ -158,27 +253,21 @@ class HFEncoder(nn.Module):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Token states ``(N, T, D)`` after the embeddings and ``n_layers`` layers."""
-        kwargs = {
-            "input_ids": _as_ids(input_ids),
-            "attention_mask": _as_ids(attention_mask),
-        }
-        if token_type_ids is not None and self.takes_token_type_ids:
-            kwargs["token_type_ids"] = _as_ids(token_type_ids)
         # The model cut after n_layers layers: its last hidden state is the
         # input of layer n_layers (no encoder of this family normalizes after
-        # its layers; the cache verifies the split against the full model).
-        output = self._view(0, n_layers, from_states=False)(**kwargs)
-        return output["last_hidden_state"] if isinstance(output, Mapping) else output[0]
+        # its layers; the cut is verified against the full model).
+        view = self._view(0, n_layers, from_states=False)
+        return _last_hidden(
+            view(**self._inputs(input_ids, attention_mask, token_type_ids))
+        )
 
     def suffix_features(
         self, n_layers: int, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
         """Pooled features from token states after ``n_layers`` layers."""
-        output = self._view(n_layers, None, from_states=True)(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask
-        )
-        hidden = (
-            output["last_hidden_state"] if isinstance(output, Mapping) else output[0]
+        view = self._view(n_layers, None, from_states=True)
+        hidden = _last_hidden(
+            view(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
         )
         return pool_tokens(hidden, attention_mask, self.pooling)
 
@@ -192,7 +281,7 @@ class HFEncoder(nn.Module):
         """
         # Built per call (two shallow copies): a cached view would keep the
         # train/eval flags of the moment it was built.
-        path = self.layers_path()
+        path = layers_path(self.model)
         parent_path, attr = path.rsplit(".", 1)
         view = _shallow(self.model)
         parent = _shallow(self.model.get_submodule(parent_path))
@@ -205,7 +294,54 @@ class HFEncoder(nn.Module):
         return view
 
 
-_LAYER_PATHS = ("encoder.layer", "transformer.layer", "encoder.layers")
+@dataclass(frozen=True)
+class TokenSplit(Split):
+    """A text encoder cut after its embeddings and first ``n_layers`` layers.
+
+    Rows are one ``(T_i, D)`` tensor of token states per text, without
+    padding; a batch is re-padded to its longest text (tokenizers pad on the
+    right, so a text's tokens come first).
+    """
+
+    n_layers: int
+
+    ragged = True
+    what = "running the text encoder from cached token states"
+    tolerance = (1e-4, 1e-5)
+
+    def prefix(self, net, X=None, **inputs):
+        return net.backbone.prefix_states(self.n_layers, **inputs)
+
+    def rows(self, outputs, inputs):
+        lengths = inputs["attention_mask"].sum(1).tolist()
+        return [outputs[i, :n] for i, n in enumerate(lengths)]
+
+    def stack(self, rows):
+        return list(rows)
+
+    def gather(self, rows, indices, dtype):
+        states = [rows[i] for i in indices]
+        lengths = [len(s) for s in states]
+        width = max(lengths)
+        padded = states[0].new_zeros(
+            (len(states), width, states[0].shape[-1]), dtype=dtype
+        )
+        mask = torch.zeros((len(states), width), dtype=torch.long)
+        for i, (s, n) in enumerate(zip(states, lengths, strict=True)):
+            padded[i, :n] = s
+            mask[i, :n] = 1
+        return padded, mask
+
+    def suffix(self, net, cached):
+        states, mask = cached
+        return net.backbone.suffix_features(self.n_layers, states, mask)
+
+    def key(self):
+        return ("tokens", self.n_layers)
+
+
+def _last_hidden(output) -> torch.Tensor:
+    return output["last_hidden_state"] if isinstance(output, Mapping) else output[0]
 
 
 def _shallow(module: nn.Module) -> nn.Module:
@@ -219,9 +355,8 @@ class _PassEmbeddings(nn.Module):
 
     def forward(self, *args, inputs_embeds=None, **kwargs):
         if inputs_embeds is None and len(args) > 1:
-            inputs_embeds = args[
-                1
-            ]  # DistilBERT calls embeddings(input_ids, inputs_embeds)
+            # DistilBERT calls embeddings(input_ids, inputs_embeds).
+            inputs_embeds = args[1]
         return inputs_embeds
 
 
@@ -229,6 +364,10 @@ def pool_tokens(
     hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str
 ) -> torch.Tensor:
     """Pool token states ``(N, T, D)`` into ``(N, D)`` over the kept tokens."""
+    if pooling not in POOLINGS:
+        raise ValueError(
+            f"pooling={pooling!r} is not valid; use one of {list(POOLINGS)}."
+        )
     if pooling == "cls":
         return hidden[:, 0]
     mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
@@ -236,42 +375,6 @@ def pool_tokens(
         floor = torch.finfo(hidden.dtype).min
         return hidden.masked_fill(mask == 0, floor).amax(dim=1)
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-
-
-def pack_tokens(encoding: Mapping) -> np.ndarray:
-    """Stack a tokenizer's padded output into one int64 array ``(N, k, T)``.
-
-    The rows are ``input_ids``, ``attention_mask`` and, when present,
-    ``token_type_ids``: one array that scikit-learn and skorch can index,
-    split and batch like any other ``X``. :class:`HFEncoder` unpacks it.
-    """
-    names = ["input_ids", "attention_mask"]
-    if encoding.get("token_type_ids") is not None:
-        names.append("token_type_ids")
-    missing = [n for n in names[:2] if encoding.get(n) is None]
-    if missing:
-        raise ValueError(
-            f"The tokenizer output has no {missing}; call the tokenizer with "
-            "padding=True and return_attention_mask=True."
-        )
-    return np.stack([np.asarray(encoding[n], dtype=np.int64) for n in names], axis=1)
-
-
-def _unpack(packed: torch.Tensor):
-    if packed.shape[1] not in (2, 3):
-        raise ValueError(
-            "A packed text input has shape (N, k, T) with k=2 (input_ids, "
-            "attention_mask) or k=3 (and token_type_ids); got shape "
-            f"{tuple(packed.shape)}."
-        )
-    token_type_ids = packed[:, 2] if packed.shape[1] == 3 else None
-    return packed[:, 0], packed[:, 1], token_type_ids
-
-
-def _as_ids(tensor: torch.Tensor) -> torch.Tensor:
-    if tensor.is_floating_point():
-        tensor = tensor.round()
-    return tensor.long()
 
 
 def _accepts(model: nn.Module, argument: str) -> bool:

@@ -1,42 +1,20 @@
-"""Input kinds: text, sentence pairs, tokenized mappings, uint8 images."""
+"""Raw texts, sentence pairs, tokenized mappings; length-grouped batches."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import (
+from helpers import (
     BagOfWordsEncoder,
     TextBackbone,
     WordTokenizer,
     save_tiny_hf_encoder,
     text_backbone,
-    tiny_cnn,
 )
 
-from sktune import FineTuneClassifier
-from sktune.data import ImagePreprocess, TextCollator, TextDataset, input_kind
-
-
-@pytest.mark.parametrize(
-    ("X", "kind"),
-    [
-        (np.zeros((3, 2)), "array"),
-        (np.zeros((3, 1, 4, 4), dtype=np.float32), "array"),
-        (np.zeros((3, 4, 4, 3), dtype=np.uint8), "image"),
-        (np.zeros((3, 4, 4), dtype=np.uint8), "image"),
-        (np.zeros((3, 2), dtype=np.uint8), "array"),
-        (["a b", "c"], "text"),
-        (np.array(["a", "b"]), "text"),
-        (pd.Series(["a", "b"]), "text"),
-        (pd.DataFrame({"q": ["a"], "a": ["b"]}), "pairs"),
-        ([("a", "b")], "pairs"),
-        (np.array([["a", "b"]], dtype=object), "pairs"),
-        ({"input_ids": np.zeros((2, 3))}, "mapping"),
-        (np.array([[1.0, 2.0]], dtype=object), "array"),
-    ],
-)
-def test_input_kind(X, kind):
-    assert input_kind(X) == kind
+from sktune import Backbone, FineTuneClassifier
+from sktune.data import TextCollator, TextDataset
+from sktune.families.hf import TokenSplit
 
 
 def make_text_clf(**kwargs):
@@ -72,7 +50,7 @@ def test_sentence_pairs(reviews):
     )
     pairs = pd.DataFrame({"first": texts, "second": other})
     clf = make_text_clf(max_epochs=30, head="mlp").fit(pairs, same)
-    assert clf._input_kind == "pairs"
+    assert clf.input_spec_.kind == "pairs"
     assert clf.score(pairs, same) > 0.8
     assert clf.predict([(texts[0], texts[0])])[0]
 
@@ -91,7 +69,7 @@ def test_max_length_truncates(reviews):
     batch = next(iter(clf.get_iterator(clf.get_dataset(texts), training=False)))[0]
     assert batch["input_ids"].shape[1] == 3
     default = make_text_clf(max_epochs=1).fit(texts, labels)
-    assert default._max_length() == WordTokenizer.model_max_length
+    assert default._collator.max_length == WordTokenizer.model_max_length
 
 
 def test_pretokenized_mapping_input(reviews):
@@ -134,45 +112,6 @@ def test_skorch_tokenizer_transformer_in_a_pipeline(reviews, tmp_path):
     )
     pipe.fit(texts, labels)
     assert pipe.score(texts, labels) > 0.9
-
-
-def test_uint8_images_are_converted_per_batch(images):
-    X, y = images
-    X8 = np.round(X[:, 0] * 255).astype(np.uint8)  # N x H x W grayscale
-    clf = FineTuneClassifier(
-        tiny_cnn(), freeze=1, lr=3e-3, max_epochs=10, random_state=0
-    )
-    clf.fit(X8, y)
-    assert clf.score(X8, y) > 0.8
-    # The same images as floats in [0, 1], N x C x H x W, give the same model.
-    floats = torch.as_tensor(X8).float().div(255).unsqueeze(1).numpy()
-    as_float = FineTuneClassifier(
-        tiny_cnn(), freeze=1, lr=3e-3, max_epochs=10, random_state=0
-    )
-    np.testing.assert_allclose(
-        as_float.fit(floats, y).predict_proba(floats), clf.predict_proba(X8), atol=1e-5
-    )
-
-
-def test_image_preprocess_normalizes_and_resizes():
-    x = torch.full((2, 4, 6, 3), 255, dtype=torch.uint8)
-    out = ImagePreprocess(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), size=(8, 8))(x)
-    assert out.shape == (2, 3, 8, 8)
-    torch.testing.assert_close(out, torch.ones_like(out))
-    floats = torch.rand(2, 3, 5, 5)
-    assert ImagePreprocess(size=(8, 8))(floats) is floats
-
-
-def test_image_size_resizes_uint8_images(images):
-    X, y = images
-    X8 = np.round(X[:, 0] * 255).astype(np.uint8)
-    clf = FineTuneClassifier(
-        tiny_cnn(), image_size=16, max_epochs=1, random_state=0
-    ).fit(X8, y)
-    assert clf.module_.preprocess.size == (16, 16)
-
-
-# -- length-grouped training batches ------------------------------------------------
 
 
 class WidthTokenizer(WordTokenizer):
@@ -230,8 +169,6 @@ def test_group_by_length_gives_the_same_model_with_and_without_cache(
     # (freeze=2 of a BERT) and cached pooled features are grouped alike.
     from skorch.dataset import ValidSplit
 
-    from sktune import Backbone
-
     texts, labels = reviews
     if freeze == "all":
         make_backbone = text_backbone
@@ -249,7 +186,7 @@ def test_group_by_length_gives_the_same_model_with_and_without_cache(
     on = FineTuneClassifier(make_backbone(), **kwargs).fit(texts, labels)
     off = FineTuneClassifier(make_backbone(), cache=False, **kwargs).fit(texts, labels)
     assert on.cache_info_["enabled"] and not off.cache_info_["enabled"]
-    assert on.module_.split.tokens == (freeze == 2)
+    assert isinstance(on.module_.split, TokenSplit) == (freeze == 2)
     np.testing.assert_allclose(
         on.history_[:, "train_loss"], off.history_[:, "train_loss"], atol=1e-5
     )

@@ -1,0 +1,348 @@
+"""Build the network a fit trains, in named stages, on the training device.
+
+    training copy -> inputs and preprocessing -> adapters -> probe and layout
+    -> block map -> freeze plan -> head -> network -> cut plan and cache
+
+Every stage runs on the device that trains (DESIGN.md, invariant 8): the
+pristine backbone is copied, the copy moved, and the probe, the
+channels-last check and the verification of the cache's cut run there. The
+probe sample is synthetic (:meth:`sktune.data.FittedInput.example`): no
+training sample is needed, so none is kept (invariant 7), and a fitted
+estimator rebuilds its network from its fitted attributes alone.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from skorch.utils import to_device
+from torch import nn
+
+from ._modules import eval_mode, has_lazy, same_output
+from .backbones import Backbone
+from .blocks import Block, block_map, record_child_order
+from .cache import (
+    CacheKey,
+    NoCache,
+    PrefixCache,
+    Split,
+    StaticParts,
+    WholeSplit,
+    fingerprint,
+)
+from .cache.prefix import storage_dtype
+from .data.images import image_preprocess, use_channels_last
+from .data.inputs import FittedInput
+from .data.text import TextCollator
+from .families import family_of
+from .families.generic import plan_chain_cut
+from .freeze import FreezePlan, apply_freeze, plan_freeze
+from .heads import build_head, pool_features
+from .network import FineTuneNetwork
+
+__all__ = ["Built", "build_network", "resolve_max_length"]
+
+
+@dataclass
+class Built:
+    """What :func:`build_network` makes.
+
+    Attributes
+    ----------
+    network : FineTuneNetwork
+        On the training device, its backbone frozen as planned.
+    blocks : list of Block
+        The backbone's block map.
+    tokenizer : object or None
+        A text backbone's tokenizer.
+    max_length : int or None
+        A text backbone's truncation length.
+    prefix_cache : PrefixCache
+        Where the frozen prefix is cut and how it is cached (or why not).
+    """
+
+    network: FineTuneNetwork
+    blocks: list[Block]
+    tokenizer: object
+    max_length: int | None
+    prefix_cache: PrefixCache
+
+
+def build_network(
+    source: Backbone,
+    fitted: FittedInput,
+    *,
+    n_outputs: int,
+    freeze,
+    head,
+    pooling,
+    image_size,
+    max_length,
+    channels_last,
+    cache,
+    cache_size,
+    cache_dtype,
+    device,
+) -> Built:
+    """Build the network for input like ``fitted``, validated parameters given.
+
+    Parameters
+    ----------
+    source : Backbone
+        The pristine backbone (never modified).
+    fitted : FittedInput
+        What fit saw of X.
+    n_outputs : int
+        The head's outputs (classes, or regression targets).
+    freeze, head, pooling, image_size, max_length, channels_last, cache, \
+cache_size, cache_dtype
+        The estimator's parameters of those names, validated.
+    device : str, torch.device or None
+        Where the network trains (None: where the backbone is).
+
+    Raises
+    ------
+    ValueError
+        When the input does not fit the backbone, the backbone cannot process
+        the probe sample, or a setting cannot be honoured (``freeze`` out of
+        range, ``channels_last=True`` on a backbone that cannot run so).
+    """
+    backbone = _training_copy(source, device)
+    tokenizer = source.tokenizer()
+    data_config = source.data_config()
+    _check_input_fits(fitted, tokenizer, data_config)
+    preprocess = (
+        image_preprocess(image_size, data_config) if fitted.kind == "image" else None
+    )
+    if preprocess is not None and device is not None:
+        preprocess.to(device)
+    max_length = resolve_max_length(max_length, tokenizer) if tokenizer else None
+    pooling = pooling if pooling is not None else source.default_pooling()
+    if hasattr(backbone, "pooling") and pooling is not None:
+        backbone.pooling = pooling
+    backbone = attach_adapters(backbone)
+    example = _example_batch(fitted, tokenizer, max_length, device)
+    features, order = probe(backbone, preprocess, example)
+    layout = _plan_layout(channels_last, backbone, preprocess, example, features)
+    if layout and preprocess is not None:
+        # uint8 N x H x W x C permuted is channels-last already: no copy.
+        preprocess.memory_format = torch.channels_last
+    blocks = block_map(backbone, order)
+    plan = plan_freeze(backbone, blocks, freeze)
+    apply_freeze(backbone, plan)
+    head_module = build_head(head, features.shape[1], n_outputs)
+    if device is not None:
+        head_module.to(device)
+    network = FineTuneNetwork(
+        backbone, head_module, plan, preprocess, pooling, None, layout
+    )
+    cut, row = (
+        (NoCache("cache=False"), None)
+        if cache is False
+        else _plan_cut(network, plan, blocks, order, example, tokenizer, features)
+    )
+    if isinstance(cut, Split):
+        network.split = cut
+    prefix_cache = PrefixCache(
+        cut,
+        None
+        if row is None
+        else _cache_key(source, network, cut, fitted, row, cache_dtype, max_length),
+        setting=cache,
+        size_mb=cache_size,
+        row_dtype=row.dtype if row is not None else torch.float32,
+        row_numel=row.numel() if row is not None else 0,
+        stored_dtype=(storage_dtype(cache_dtype) or row.dtype)
+        if row is not None
+        else torch.float32,
+    )
+    return Built(network, blocks, tokenizer, max_length, prefix_cache)
+
+
+# -- stages ------------------------------------------------------------------------
+
+
+def _training_copy(source: Backbone, device) -> nn.Module:
+    """A private copy of the pristine backbone, on the training device."""
+    backbone = copy.deepcopy(source.module())
+    return backbone if device is None else backbone.to(device)
+
+
+def attach_adapters(backbone: nn.Module) -> nn.Module:
+    """Where adapters join the training copy; without any, it is unchanged."""
+    return backbone
+
+
+def resolve_max_length(max_length, tokenizer) -> int:
+    """Text truncation: ``max_length``, else the tokenizer's limit up to 512."""
+    if max_length is not None:
+        return int(max_length)
+    model_max = getattr(tokenizer, "model_max_length", None) or 512
+    return min(int(model_max), 512)
+
+
+def _check_input_fits(fitted: FittedInput, tokenizer, data_config) -> None:
+    kind = fitted.kind
+    if kind in ("text", "pairs") and tokenizer is None:
+        raise ValueError(
+            "X holds strings, but the backbone has no tokenizer: use a Hugging Face "
+            "backbone ('hf:ID_OR_DIR' or a sktune.Backbone of one), or turn the "
+            "text into numbers first."
+        )
+    if kind in ("array", "image") and tokenizer is not None:
+        raise ValueError(
+            "The backbone is a text model, but X holds numbers or images: pass "
+            "strings (or string pairs), or a mapping of tokenized inputs "
+            "(input_ids=..., attention_mask=...)."
+        )
+    expected = (data_config or {}).get("input_size", (None,))[0]
+    if expected is None:
+        return
+    if kind == "image":
+        channels = fitted.shape[-1] if len(fitted.shape) == 3 else 1
+        layout = "N x H x W x C"
+    elif kind == "array" and len(fitted.shape) == 3:
+        channels, layout = fitted.shape[0], "N x C x H x W"
+    else:
+        return
+    if channels != expected:
+        hint = ""
+        if kind == "image" and channels == 1 and expected == 3:
+            hint = " Repeat the gray channel, e.g. np.repeat(X[..., None], 3, axis=-1)."
+        elif kind == "image" and channels == 4 and expected == 3:
+            hint = " Drop the alpha channel with X[..., :3]."
+        raise ValueError(
+            f"X holds {channels}-channel images ({layout}), but the backbone expects "
+            f"{expected} channels.{hint}"
+        )
+
+
+def _example_batch(fitted: FittedInput, tokenizer, max_length, device):
+    """A batch of one synthetic sample, as the data loader would make it."""
+    example = fitted.example()
+    if fitted.kind in ("text", "pairs"):
+        batch = TextCollator(tokenizer, max_length).encode(example)
+    elif isinstance(example, Mapping):
+        batch = dict(example)
+    else:
+        batch = torch.as_tensor(example)
+    return to_device(batch, device) if device is not None else batch
+
+
+def probe(backbone: nn.Module, preprocess, batch):
+    """Run one batch through ``backbone`` in eval mode.
+
+    Returns the pooled features (their width sizes the head) and the order
+    in which the top-level children ran (for the block map). Lazy modules
+    are materialized here, before the optimizer sees their parameters.
+    """
+    order, remove = record_child_order(backbone)
+    shape = (
+        {k: tuple(v.shape) for k, v in batch.items()}
+        if isinstance(batch, Mapping)
+        else tuple(batch.shape)
+    )
+    try:
+        with torch.no_grad(), eval_mode(backbone):
+            if isinstance(batch, Mapping):
+                out = backbone(**batch)
+            else:
+                out = backbone(preprocess(batch) if preprocess is not None else batch)
+            features = pool_features(out)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise ValueError(
+            f"The backbone could not process an input of shape {shape} (one sample "
+            f"of X): {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        remove()
+    return features, order
+
+
+def _plan_layout(setting, backbone, preprocess, example, features) -> bool:
+    """Whether the backbone runs channels-last (see ``channels_last``)."""
+    if setting is False:
+        return False
+    if isinstance(example, Mapping):
+        reason = "the input is text"
+    else:
+        x = preprocess(example) if preprocess is not None else example
+        reason = use_channels_last(backbone, x, features)
+    if reason is not None and setting is True:
+        raise ValueError(f"channels_last=True, but {reason}.")
+    return reason is None
+
+
+def _plan_cut(network, plan: FreezePlan, blocks, order, example, tokenizer, features):
+    """The verified cut (or why none) and one row of its prefix output."""
+    backbone = network.backbone
+    static = StaticParts(backbone, plan)
+    if static.everything():
+        return WholeSplit(), features[0]
+    cut = family_of(backbone).plan_cut(backbone, static, blocks, order)
+    if cut is None:
+        cut = (
+            NoCache(
+                "the backbone takes keyword inputs and is no known text encoder, "
+                "so only freeze='all' is cached"
+            )
+            if isinstance(example, Mapping)
+            else plan_chain_cut(backbone, static, order)
+        )
+    if isinstance(cut, NoCache):
+        return cut, None
+    if cut.ragged and getattr(tokenizer, "padding_side", "right") != "right":
+        # Ragged rows keep each text's leading tokens.
+        return NoCache("the tokenizer pads on the left"), None
+    return _verify_cut(cut, network, example)
+
+
+def _verify_cut(split: Split, network: FineTuneNetwork, example):
+    """Prefix, rows, gathered batch, suffix: must reproduce the features."""
+    args, kwargs = ((), example) if isinstance(example, Mapping) else ((example,), {})
+    with torch.no_grad(), eval_mode(network):
+        try:
+            outputs = split.prefix(network, *args, **kwargs)
+            rows = split.rows(outputs, example)
+            held = split.stack(rows)
+            chained = split.suffix(
+                network, split.gather(held, range(len(rows)), outputs.dtype)
+            )
+        except Exception as exc:  # any failure means "cannot split here"
+            return NoCache(f"{split.what} fails ({type(exc).__name__}: {exc})"), None
+        direct = network.features(*args, **kwargs)
+    rtol, atol = split.tolerance
+    if not same_output(chained, direct, rtol=rtol, atol=atol):
+        return NoCache(f"{split.what} does not reproduce its forward pass"), None
+    row = rows[0]
+    return split, (row[0] if split.ragged else row)
+
+
+def _cache_key(
+    source, network, split, fitted, row, cache_dtype, max_length
+) -> CacheKey:
+    # The frozen prefix holds the pristine weights, whose digest is memoized
+    # across fits and clones; lazy layers are only materialized (by a seeded
+    # init) in the training copy, so that is what counts then.
+    pristine = source.module()
+    weights = network.backbone if has_lazy(pristine) else pristine
+    preprocess = network.preprocess
+    return CacheKey(
+        weights=fingerprint(weights),
+        cut=split.key(),
+        kind=fitted.kind,
+        preprocess=None
+        if preprocess is None
+        else (
+            tuple(preprocess.mean.flatten().tolist()),
+            tuple(preprocess.std.flatten().tolist()),
+            preprocess.size,
+        ),
+        pooling=network.pooling,
+        channels_last=network.channels_last,
+        dtype=str(storage_dtype(cache_dtype) or row.dtype),
+        max_length=max_length,
+    )

@@ -1,0 +1,164 @@
+"""The constructor parameters the estimators share, and their validation.
+
+Each parameter's constraint is declared once (:data:`CONSTRAINTS`, in the
+spirit of scikit-learn's ``_parameter_constraints``); what a valid value is
+lives with its concept (``freeze.is_policy``, ``heads.is_head``, ...).
+:func:`validate_params` checks every one at the start of ``fit``, before
+any work and whatever the input kind, and raises
+:class:`InvalidParameterError` naming the parameter, the value and what is
+accepted. Checks that need the backbone (a freeze depth against its number
+of blocks) or the data (``group_by_length`` on images) follow when those are
+known.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backbones import BACKBONE_ACCEPTED, is_backbone_source
+from .cache.prefix import CACHE_DTYPE_ACCEPTED, is_cache_dtype
+from .data.images import IMAGE_SIZE_ACCEPTED, is_image_size
+from .freeze import FREEZE_ACCEPTED, Freeze, is_policy
+from .heads import HEAD_ACCEPTED, POOLINGS, head_hint, is_head
+
+__all__ = [
+    "CONSTRAINTS",
+    "Constraint",
+    "InvalidParameterError",
+    "check_against_input",
+    "validate_params",
+]
+
+
+class InvalidParameterError(ValueError, TypeError):
+    """A parameter has a value it does not accept.
+
+    A ValueError and a TypeError (as scikit-learn's own), so code that
+    catches either keeps working.
+    """
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What one parameter accepts.
+
+    Attributes
+    ----------
+    accepted : str
+        The accepted values, in words (ends the error message).
+    valid : callable
+        ``valid(value) -> bool``.
+    hint : callable, optional
+        ``hint(value) -> str``: a sentence on how to fix this value.
+    """
+
+    accepted: str
+    valid: Callable[[object], bool]
+    hint: Callable[[object], str] | None = None
+
+    def check(self, name: str, value) -> None:
+        if self.valid(value):
+            return
+        hint = self.hint(value) if self.hint is not None else ""
+        raise InvalidParameterError(
+            f"{name}={value!r} is not valid; use {self.accepted}."
+            + (f" {hint}" if hint else "")
+        )
+
+
+def _int(value, low: int) -> bool:
+    return (
+        isinstance(value, numbers.Integral)
+        and not isinstance(value, bool)
+        and value >= low
+    )
+
+
+def _real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _one_of(*values) -> Callable[[object], bool]:
+    # By type and value: True == 1, but cache=1 is no setting.
+    return lambda v: any(type(v) is type(a) and v == a for a in values)
+
+
+_BOOL = Constraint("True or False", lambda v: isinstance(v, bool))
+_AUTO_BOOL = Constraint("'auto', True or False", _one_of("auto", True, False))
+
+#: The shared parameters' constraints (skorch's own are checked by skorch).
+CONSTRAINTS: dict[str, Constraint] = {
+    "backbone": Constraint(BACKBONE_ACCEPTED, is_backbone_source),
+    "freeze": Constraint(FREEZE_ACCEPTED, is_policy),
+    "head": Constraint(HEAD_ACCEPTED, is_head, head_hint),
+    "random_state": Constraint(
+        "None, a non-negative int or a numpy RandomState",
+        lambda v: v is None or _int(v, 0) or isinstance(v, np.random.RandomState),
+    ),
+    "pooling": Constraint(
+        f"one of {list(POOLINGS)} or None (the backbone's own default)",
+        lambda v: v is None or (isinstance(v, str) and v in POOLINGS),
+    ),
+    "max_length": Constraint(
+        "None or a positive int", lambda v: v is None or _int(v, 1)
+    ),
+    "group_by_length": _BOOL,
+    "image_size": Constraint(IMAGE_SIZE_ACCEPTED, is_image_size),
+    "cache": _AUTO_BOOL,
+    "cache_size": Constraint(
+        "a positive number of megabytes", lambda v: _real(v) and v > 0
+    ),
+    "cache_dtype": Constraint(CACHE_DTYPE_ACCEPTED, is_cache_dtype),
+    "channels_last": _AUTO_BOOL,
+    "lr": Constraint("a non-negative number", lambda v: _real(v) and v >= 0),
+    "max_epochs": Constraint("a non-negative int", lambda v: _int(v, 0)),
+    "batch_size": Constraint(
+        "a positive int, or -1 (the whole data set)",
+        lambda v: _int(v, 1) or (_int(v, -1) and v == -1),
+    ),
+}
+
+#: Constraints on the fields of a nested ``Freeze``.
+_FREEZE_FIELDS: dict[str, Constraint] = {
+    "depth": Constraint(
+        FREEZE_ACCEPTED.replace(", or a Freeze(...) object", ""),
+        lambda v: is_policy(v) and not isinstance(v, Freeze),
+    ),
+    "train_bn": _BOOL,
+}
+
+
+def validate_params(estimator) -> None:
+    """Check every shared parameter of ``estimator`` (at the start of ``fit``).
+
+    Raises
+    ------
+    InvalidParameterError
+        For the first parameter with a value it does not accept.
+    ImportError
+        When ``group_by_length=True`` and transformers is not installed.
+    """
+    for name, constraint in CONSTRAINTS.items():
+        constraint.check(name, getattr(estimator, name))
+    if isinstance(estimator.freeze, Freeze):
+        for field, constraint in _FREEZE_FIELDS.items():
+            constraint.check(f"freeze__{field}", getattr(estimator.freeze, field))
+    if estimator.group_by_length and importlib.util.find_spec("transformers") is None:
+        raise ImportError(
+            "group_by_length=True draws batches with transformers' "
+            "LengthGroupedSampler; install it with pip install 'sktune[text]'."
+        )
+
+
+def check_against_input(estimator, kind: str) -> None:
+    """Check the parameters that depend on the input kind of ``fit``'s X."""
+    if estimator.group_by_length and kind not in ("text", "pairs"):
+        raise InvalidParameterError(
+            "group_by_length=True groups texts by their length, but X holds "
+            f"{kind} data; use group_by_length=False."
+        )

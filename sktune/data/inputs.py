@@ -1,0 +1,292 @@
+"""Input kinds, their checks, and what fit records of them.
+
+Every input is classified once in ``fit`` (:func:`input_kind`) and checked
+the same way in ``predict``:
+
+- ``"array"``: numbers, any shape with samples first (tabular, float NCHW
+  images, ...), validated by scikit-learn and converted to float32;
+- ``"image"``: uint8 ``N x H x W x C`` (or ``N x H x W``) pictures, kept as
+  uint8 (4x smaller) and converted per batch by :class:`sktune.data.images.ImagePreprocess`;
+- ``"text"`` / ``"pairs"``: strings or string pairs, tokenized per batch by
+  :class:`sktune.data.text.TextCollator`, padded to the longest member of the batch;
+- ``"mapping"``: already tokenized input (a dict of equal-length arrays, e.g.
+  from skorch's ``HuggingfacePretrainedTokenizer``), passed to the backbone
+  as keyword arguments.
+
+A fitted estimator keeps a :class:`FittedInput` (the kind and one sample's
+shape and dtype), never a sample: the network is planned on a synthetic
+sample of that spec (:meth:`FittedInput.example`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from sklearn.utils import check_consistent_length
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import validate_data
+
+__all__ = [
+    "KIND_NAMES",
+    "FittedInput",
+    "check_fit_data",
+    "check_predict_data",
+    "encode_labels",
+    "input_kind",
+]
+
+
+@dataclass(frozen=True)
+class FittedInput:
+    """What ``fit`` saw of X, without any of its samples.
+
+    Enough to rebuild the network (and to plan it) with no training data:
+    the input kind, and one sample's shape and dtype.
+
+    Attributes
+    ----------
+    kind : {"array", "image", "text", "pairs", "mapping"}
+    shape : tuple of int
+        One sample's shape (arrays and images).
+    dtype : str
+        The dtype of array and image samples.
+    fields : tuple of (str, str, tuple)
+        For a mapping of tokenized inputs: each key, its dtype and one
+        sample's shape.
+    """
+
+    kind: str
+    shape: tuple[int, ...] = ()
+    dtype: str = "float32"
+    fields: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
+
+    @classmethod
+    def of(cls, X, kind: str) -> FittedInput:
+        """The spec of validated input ``X`` of kind ``kind``."""
+        if kind in ("array", "image"):
+            return cls(kind, tuple(int(d) for d in X.shape[1:]), str(X.dtype))
+        if kind == "mapping":
+            return cls(
+                kind,
+                fields=tuple(
+                    (
+                        key,
+                        str(value.dtype).removeprefix("torch."),
+                        tuple(value.shape[1:]),
+                    )
+                    for key, value in X.items()
+                ),
+            )
+        return cls(kind)
+
+    def example(self):
+        """A synthetic one-sample X of this spec, the same every time.
+
+        Arrays get uniform values in [0, 1) (valid also as indices once
+        truncated), images random pixels, texts a fixed sentence, tokenized
+        mappings zeros (token 0 is a valid id) with a full attention mask.
+        """
+        rng = np.random.default_rng(0)
+        if self.kind == "array":
+            return rng.random((1, *self.shape)).astype(self.dtype)
+        if self.kind == "image":
+            return rng.integers(0, 256, size=(1, *self.shape), dtype=np.uint8)
+        if self.kind == "text":
+            return [_EXAMPLE_TEXT[0]]
+        if self.kind == "pairs":
+            return [_EXAMPLE_TEXT]
+        return {
+            key: (torch.ones if key == "attention_mask" else torch.zeros)(
+                (1, *shape), dtype=getattr(torch, dtype)
+            )
+            for key, dtype, shape in self.fields
+        }
+
+
+_EXAMPLE_TEXT = ("A short sentence to plan the network on.", "And a second one.")
+
+
+def _to_numpy(data):
+    if isinstance(data, torch.Tensor):
+        return data.detach().cpu().numpy()
+    return data
+
+
+def _is_str(value) -> bool:
+    return isinstance(value, (str, np.str_))
+
+
+def input_kind(X) -> str:
+    """Classify ``X`` as "array", "image", "text", "pairs" or "mapping"."""
+    if sp.issparse(X):  # a DOK matrix is a Mapping, yet not tokenized input
+        return "array"
+    if isinstance(X, Mapping):
+        return "mapping"
+    if hasattr(X, "iloc"):  # pandas
+        values = X.to_numpy()
+        if values.dtype == object and len(values) and _is_str(values.flat[0]):
+            return "pairs" if values.ndim == 2 and values.shape[1] == 2 else "text"
+        return "array"
+    if isinstance(X, (list, tuple)) and len(X):
+        first = X[0]
+        if _is_str(first):
+            return "text"
+        if isinstance(first, (list, tuple)) and len(first) == 2 and _is_str(first[0]):
+            return "pairs"
+    if isinstance(X, np.ndarray):
+        if X.dtype.kind in "US" or (
+            X.dtype == object and X.size and _is_str(X.flat[0])
+        ):
+            return "pairs" if X.ndim == 2 and X.shape[1] == 2 else "text"
+        if X.dtype == np.uint8 and (
+            X.ndim == 3 or (X.ndim == 4 and X.shape[-1] in (1, 3, 4))
+        ):
+            return "image"
+    return "array"
+
+
+def _texts(X, kind: str, param: str = "X") -> list:
+    """Return ``X`` as a list of str (or of (str, str)), checking every entry."""
+    values = X.to_numpy() if hasattr(X, "to_numpy") else X
+    if isinstance(values, np.ndarray) and kind == "text" and values.ndim == 2:
+        if values.shape[1] != 1:
+            raise ValueError(
+                f"{param} has {values.shape[1]} text columns; use one column of "
+                "texts or two columns of sentence pairs."
+            )
+        values = values[:, 0]
+    out = []
+    for i, item in enumerate(values):
+        parts = (item,) if kind == "text" else tuple(item)
+        if len(parts) != (1 if kind == "text" else 2) or not all(map(_is_str, parts)):
+            expected = "a string" if kind == "text" else "a pair of strings"
+            raise ValueError(
+                f"{param}[{i}] is {item!r}; every sample of text input must be "
+                f"{expected} (missing values are not allowed)."
+            )
+        out.append(str(parts[0]) if kind == "text" else (str(parts[0]), str(parts[1])))
+    if not out:
+        raise ValueError(
+            f"{param} is empty: found 0 samples, a minimum of 1 is required."
+        )
+    return out
+
+
+def _mapping(X, param: str = "X") -> dict:
+    data = {k: torch.as_tensor(_to_numpy(v)) for k, v in X.items()}
+    lengths = {k: len(v) for k, v in data.items()}
+    if not data or len(set(lengths.values())) != 1:
+        raise ValueError(
+            f"{param} is a mapping of inputs whose lengths differ or that is empty: "
+            f"{lengths}; every entry needs one row per sample."
+        )
+    return data
+
+
+def _check_y(estimator, y, *, regression: bool):
+    y = validate_data(
+        estimator,
+        X="no_validation",
+        y=_to_numpy(y),
+        multi_output=regression,
+        y_numeric=regression,
+    )
+    if not regression:
+        check_classification_targets(y)
+    return y
+
+
+def check_fit_data(estimator, X, y, *, reset: bool, regression: bool):
+    """Validate training data; return ``(X, y, FittedInput)`` ready for skorch.
+
+    Arrays go through scikit-learn's ``validate_data`` (which sets or checks
+    ``n_features_in_`` and ``feature_names_in_``); text and mappings are
+    checked here, their targets with the same scikit-learn helpers.
+    """
+    kind = input_kind(X)
+    if not reset:
+        _check_same_kind(estimator, kind)
+    if kind in ("array", "image"):
+        X, y = validate_data(
+            estimator,
+            _to_numpy(X),
+            _to_numpy(y),
+            reset=reset,
+            dtype=None if kind == "image" else [np.float32, np.float64],
+            allow_nd=True,
+            multi_output=regression,
+            y_numeric=regression,
+        )
+        if not regression:
+            check_classification_targets(y)
+        if kind == "array":
+            X = X.astype(np.float32, copy=False)
+        return X, y, FittedInput.of(X, kind)
+    X = _texts(X, kind) if kind in ("text", "pairs") else _mapping(X)
+    y = _check_y(estimator, y, regression=regression)
+    check_consistent_length(next(iter(X.values())) if kind == "mapping" else X, y)
+    return X, y, FittedInput.of(X, kind)
+
+
+def check_predict_data(estimator, X, kind: str):
+    """Validate prediction input against what ``fit`` saw."""
+    _check_same_kind(estimator, input_kind(X))
+    if kind == "array":
+        X = validate_data(
+            estimator,
+            _to_numpy(X),
+            reset=False,
+            dtype=[np.float32, np.float64],
+            allow_nd=True,
+        )
+        return X.astype(np.float32, copy=False)
+    if kind == "image":
+        return validate_data(
+            estimator, _to_numpy(X), reset=False, dtype=None, allow_nd=True
+        )
+    if kind == "mapping":
+        return _mapping(X)
+    return _texts(X, kind)
+
+
+KIND_NAMES = {
+    "array": "numeric arrays",
+    "image": "uint8 images (N x H x W x C)",
+    "text": "strings",
+    "pairs": "string pairs",
+    "mapping": "a mapping of tokenized inputs",
+}
+
+
+def _check_same_kind(estimator, kind: str) -> None:
+    fitted = getattr(getattr(estimator, "input_spec_", None), "kind", None)
+    if fitted is not None and kind != fitted:
+        raise ValueError(
+            f"X holds {KIND_NAMES[kind]}, but {type(estimator).__name__} was fitted "
+            f"on {KIND_NAMES[fitted]}."
+        )
+
+
+def encode_labels(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Return the index of each label of ``y`` in ``classes`` (any order).
+
+    Raises
+    ------
+    ValueError
+        If ``y`` holds a label that is not in ``classes``.
+    """
+    order = np.argsort(classes, kind="stable")
+    sorted_classes = classes[order]
+    pos = np.searchsorted(sorted_classes, y)
+    pos = np.clip(pos, 0, len(classes) - 1)
+    unknown = sorted_classes[pos] != y
+    if np.any(unknown):
+        raise ValueError(
+            f"y contains labels {np.unique(y[unknown]).tolist()} that are not in "
+            f"classes {classes.tolist()}."
+        )
+    return order[pos].astype(np.int64)
