@@ -533,7 +533,7 @@ class FineTuneMixin:
         Parameters
         ----------
         X : array-like, list of str or mapping
-            Input of the kind the estimator was fitted on.
+            Samples to embed, of the input kind fit saw.
 
         Returns
         -------

@@ -223,7 +223,7 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
         Parameters
         ----------
         X : array-like, list of str or mapping
-            Input of the kind the estimator was fitted on.
+            Samples to classify, of the input kind fit saw.
 
         Returns
         -------
@@ -237,7 +237,7 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
         Parameters
         ----------
         X : array-like, list of str or mapping
-            Input of the kind the estimator was fitted on.
+            Samples to label, of the input kind fit saw.
 
         Returns
         -------
@@ -313,7 +313,7 @@ class FineTuneRegressor(FineTuneMixin, NeuralNetRegressor):
         Parameters
         ----------
         X : array-like, list of str or mapping
-            Input of the kind the estimator was fitted on.
+            Samples to predict for, of the input kind fit saw.
 
         Returns
         -------

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from sktune import Backbone
-from sktune.blocks import block_map
+from sktune import Backbone, FineTuneClassifier
+from sktune.blocks import block_map, record_child_order
 from sktune.freeze import apply_freeze, plan_freeze
 
 
@@ -259,3 +259,21 @@ def check_partition(module: nn.Module, excluded: tuple[str, ...] = ()) -> list:
     firsts = [min(order[p] for p in b.params) for b in blocks]
     assert firsts == sorted(firsts)
     return blocks
+
+
+def make_classifier(backbone=None, **kwargs) -> FineTuneClassifier:
+    """A seeded classifier of a few epochs (the MLP backbone by default)."""
+    params = dict(max_epochs=5, lr=1e-2, random_state=0)
+    params.update(kwargs)
+    return FineTuneClassifier(
+        backbone if backbone is not None else mlp_backbone(), **params
+    )
+
+
+def cnn_blocks(module: nn.Module) -> list:
+    """The block map of a 1-channel CNN, its forward order probed on 8x8 input."""
+    order, remove = record_child_order(module)
+    module.eval()
+    module(torch.zeros(1, 1, 8, 8))
+    remove()
+    return block_map(module, order)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from helpers import (
+    cnn_blocks,
     mlp_backbone,
     tiny_cnn,
 )
@@ -22,16 +23,6 @@ def test_sequential_and_forward_order_fallback():
     assert [b.name for b in block_map(cnn, order)] == ["stem", "stage1", "stage2"]
     with pytest.raises(ValueError, match="needs the order of a forward pass"):
         block_map(cnn)
-
-
-def cnn_blocks(module):
-    import torch
-
-    order, remove = record_child_order(module)
-    module.eval()
-    module(torch.zeros(1, 1, 8, 8))
-    remove()
-    return block_map(module, order)
 
 
 def test_generic_block_map_follows_the_forward_order():

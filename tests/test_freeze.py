@@ -1,15 +1,15 @@
 """Freeze policies resolved against a block map; frozen modules in eval."""
 
 import pytest
-import torch
 from helpers import (
+    cnn_blocks,
     mlp_backbone,
     tiny_cnn,
 )
 from torch import nn
 
 from sktune import Freeze
-from sktune.blocks import block_map, record_child_order
+from sktune.blocks import block_map
 from sktune.freeze import apply_freeze, plan_freeze
 from sktune.network import FineTuneNetwork
 
@@ -19,15 +19,6 @@ def frozen_names(module, freeze):
     plan = plan_freeze(module, blocks, freeze)
     apply_freeze(module, plan)
     return sorted(n for n, p in module.named_parameters() if not p.requires_grad)
-
-
-def cnn_blocks(module):
-
-    order, remove = record_child_order(module)
-    module.eval()
-    module(torch.zeros(1, 1, 8, 8))
-    remove()
-    return block_map(module, order)
 
 
 MLP_BLOCKS = [["0.bias", "0.weight"], ["2.bias", "2.weight"], ["5.bias", "5.weight"]]

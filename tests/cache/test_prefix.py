@@ -10,20 +10,15 @@ from helpers import (
     text_backbone,
     tiny_cnn,
 )
+from helpers import (
+    make_classifier as make,
+)
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 from torch import nn
 
 from sktune import Backbone, FineTuneClassifier, Freeze
 from sktune.cache import STORE
-
-
-def make(backbone=None, **kwargs):
-    params = dict(max_epochs=5, lr=1e-2, random_state=0)
-    params.update(kwargs)
-    return FineTuneClassifier(
-        backbone if backbone is not None else mlp_backbone(), **params
-    )
 
 
 @pytest.mark.parametrize("freeze", ["all", 1, 2, Freeze(depth=-1)])

@@ -4,20 +4,14 @@ import numpy as np
 import pytest
 import torch
 from helpers import (
-    mlp_backbone,
+    make_classifier as make,
+)
+from helpers import (
     tiny_cnn,
 )
 
 from sktune import Backbone, FineTuneClassifier, Freeze
 from sktune.cache import STORE
-
-
-def make(backbone=None, **kwargs):
-    params = dict(max_epochs=5, lr=1e-2, random_state=0)
-    params.update(kwargs)
-    return FineTuneClassifier(
-        backbone if backbone is not None else mlp_backbone(), **params
-    )
 
 
 def test_chain_split_of_a_cnn_and_prediction_from_the_cache(images):

@@ -12,9 +12,11 @@ import torch
 from helpers import (
     check_partition,
     frozen_after,
-    mlp_backbone,
     names_under,
     save_tiny_hf_encoder,
+)
+from helpers import (
+    make_classifier as make,
 )
 from torch import nn
 
@@ -283,14 +285,6 @@ def test_distilbert_transformer_layers():
 
 
 # -- the token-state cut
-
-
-def make(backbone=None, **kwargs):
-    params = dict(max_epochs=5, lr=1e-2, random_state=0)
-    params.update(kwargs)
-    return FineTuneClassifier(
-        backbone if backbone is not None else mlp_backbone(), **params
-    )
 
 
 @pytest.fixture(scope="module", params=["bert", "distilbert"])

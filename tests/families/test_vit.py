@@ -6,13 +6,14 @@ import torch
 from helpers import (
     check_partition,
     frozen_after,
-    mlp_backbone,
     names_under,
     tiny_timm_vit,
     tiny_torchvision_vit,
 )
+from helpers import (
+    make_classifier as make,
+)
 
-from sktune import FineTuneClassifier
 from sktune.cache import NoCache, StaticParts
 from sktune.families.vit import ViTSplit, plan_vit_cut, vit_kind
 from sktune.freeze import FreezePlan
@@ -59,14 +60,6 @@ def test_torchvision_vit_patch_embedding_then_layers():
     _, trainable = frozen_after(vit, 2)
     assert trainable == names_under(
         vit, "encoder.layers.encoder_layer_1", "encoder.ln", "heads.head"
-    )
-
-
-def make(backbone=None, **kwargs):
-    params = dict(max_epochs=5, lr=1e-2, random_state=0)
-    params.update(kwargs)
-    return FineTuneClassifier(
-        backbone if backbone is not None else mlp_backbone(), **params
     )
 
 
