@@ -26,8 +26,7 @@ from sklearn.preprocessing import StandardScaler
 sys.path.insert(0, str(Path(__file__).parent))
 from common import ants_bees, efficientnet, minilm_spec, sentences
 
-from sktune import Backbone, FineTuneClassifier
-from sktune.cache import STORE
+from sktune import Backbone, FineTuneClassifier, clear_cache
 
 
 def timed(fn):
@@ -53,7 +52,7 @@ def images() -> list[tuple]:
         rows.append((name, scores.mean(), scores.std(), seconds / 3))
 
     def baseline():
-        STORE.clear()  # time the feature extraction too, not a cache hit
+        clear_cache()  # time the feature extraction too, not a cache hit
         probe = FineTuneClassifier(
             backbone, freeze="all", max_epochs=0, random_state=0
         ).fit(X, y)
@@ -92,7 +91,7 @@ def text() -> list[tuple]:
         rows.append((name, clf.score(X_te, y_te), None, seconds))
 
     def baseline():
-        STORE.clear()  # time the feature extraction too, not a cache hit
+        clear_cache()  # time the feature extraction too, not a cache hit
         probe = FineTuneClassifier(
             backbone, freeze="all", max_epochs=0, random_state=0
         ).fit(X_tr, y_tr)

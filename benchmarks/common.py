@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import resource
@@ -122,7 +123,7 @@ class BaselineModule(FrozenPrefixNet):
         from sktune.backbones import as_backbone
         from sktune.blocks import block_map, record_child_order
 
-        backbone = as_backbone(source).training_copy()
+        backbone = copy.deepcopy(as_backbone(source).module())
         order, remove = record_child_order(backbone)
         backbone.eval()
         with torch.no_grad():

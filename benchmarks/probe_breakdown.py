@@ -23,22 +23,26 @@ from common import efficientnet
 from speed import BATCH, PROBE_EPOCHS, image_data
 
 import sktune._base as base
+import sktune._builder as builder
+import sktune.cache.prefix as prefix
 from sktune import FineTuneClassifier
-from sktune.backbones import Backbone, as_backbone
+from sktune.backbones import as_backbone
 
 STAGES = [
+    ("validate the parameters", base, "validate_params"),
     ("check the data", base, "check_fit_data"),
-    ("copy the backbone", Backbone, "training_copy"),
-    ("probe one sample", base, "_probe"),
-    ("check channels-last on it", base.FineTuneMixin, "_plan_layout"),
-    ("initialize (all of the above and more)", base.FineTuneMixin, "initialize_module"),
-    ("fingerprint the weights", base, "fingerprint"),
-    ("digest the samples", base, "sample_digests"),
+    ("copy the backbone (to the device)", builder, "_training_copy"),
+    ("probe one sample", builder, "probe"),
+    ("check channels-last on it", builder, "_plan_layout"),
+    ("plan and verify the cut", builder, "_plan_cut"),
+    ("fingerprint the weights", builder, "fingerprint"),
     (
-        "prefix outputs (fingerprint, digests, forward)",
+        "initialize the network (all of the above and more)",
         base.FineTuneMixin,
-        "_prefix_outputs",
+        "initialize_module",
     ),
+    ("digest the samples", prefix, "sample_digests"),
+    ("prefix outputs (digests, store, forward)", prefix.PrefixCache, "outputs"),
     ("skorch's training loop", skorch.net.NeuralNet, "fit_loop"),
 ]
 

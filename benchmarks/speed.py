@@ -19,6 +19,7 @@ Needs the ant/bee photos of ../shared/data (or SKTUNE_SHARED_DATA).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -133,11 +134,12 @@ def v_skorch(model, freeze, epochs, lr, **_):
 def v_limit(model, freeze, epochs, lr, **_):
     """One no-grad pass of the frozen prefix, then epochs over the suffix only."""
     from sktune.backbones import as_backbone
-    from sktune.data import ImagePreprocess, TextCollator, pad_token_states
+    from sktune.data import ImagePreprocess, TextCollator
+    from sktune.families.hf import TokenSplit
 
     X_tr, _, y_tr, _ = image_data() if model == "image" else text_data()
     bb = as_backbone(efficientnet() if model == "image" else minilm_spec())
-    net = bb.training_copy().eval()
+    net = copy.deepcopy(bb.module()).eval()
     torch.manual_seed(0)
     y = torch.as_tensor(y_tr)
     with Timer() as t:
@@ -200,8 +202,10 @@ def v_limit(model, freeze, epochs, lr, **_):
                 if freeze == "all":
                     feats = prefix[idx]
                 else:
-                    inputs, _ = pad_token_states([(prefix[j], 0) for j in idx.tolist()])
-                    feats = net.suffix_features(n_layers, **inputs)
+                    states, mask = TokenSplit(n_layers).gather(
+                        prefix, idx.tolist(), torch.float32
+                    )
+                    feats = net.suffix_features(n_layers, states, mask)
                 loss = loss_fn(head(feats), y[idx])
                 optimizer.zero_grad()
                 loss.backward()

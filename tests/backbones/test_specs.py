@@ -9,9 +9,10 @@ import urllib.error
 
 import pytest
 import torch
+from sklearn.base import clone
 from torch import nn
 
-from sktune import Backbone
+from sktune import Backbone, FineTuneClassifier
 from sktune.backbones import (
     WeightsUnavailableError,
     as_backbone,
@@ -31,11 +32,23 @@ def same_state(a: nn.Module, b: nn.Module) -> bool:
 
 
 def test_spec_is_resolved_lazily_and_shared():
-    bb = Backbone("timm:no_such_model_anywhere")  # construction never resolves
-    assert repr(bb) == "Backbone('timm:no_such_model_anywhere')"
-    assert copy.deepcopy(bb) is bb
+    bad = Backbone("timm:no_such_model_anywhere")  # construction never resolves
+    assert repr(bad) == "Backbone('timm:no_such_model_anywhere')"
     with pytest.raises(ValueError, match="timm has no model 'no_such_model_anywhere'"):
-        bb.module()
+        bad.module()
+
+    calls = []
+
+    def factory():
+        calls.append(1)
+        return nn.Linear(2, 2)
+
+    bb = Backbone(factory)
+    clf = FineTuneClassifier(bb)
+    assert calls == []
+    copies = [copy.deepcopy(bb), clone(clf).backbone, copy.deepcopy(clf).backbone]
+    modules = {id(c.module()) for c in copies} | {id(bb.module())}
+    assert len(modules) == 1 and calls == [1]  # built once, shared by all
 
 
 def test_unknown_prefix_lists_accepted_ones():

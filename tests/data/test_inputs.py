@@ -3,8 +3,9 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from sktune.data import input_kind
+from sktune.data import FittedInput, input_kind
 
 
 @pytest.mark.parametrize(
@@ -27,3 +28,34 @@ from sktune.data import input_kind
 )
 def test_input_kind(X, kind):
     assert input_kind(X) == kind
+
+
+@pytest.mark.parametrize(
+    ("X", "kind", "spec"),
+    [
+        (np.zeros((5, 3), np.float32), "array", FittedInput("array", (3,), "float32")),
+        (
+            np.zeros((5, 4, 4, 3), np.uint8),
+            "image",
+            FittedInput("image", (4, 4, 3), "uint8"),
+        ),
+        (["a", "b"], "text", FittedInput("text")),
+        (
+            {"input_ids": torch.zeros(5, 7, dtype=torch.long)},
+            "mapping",
+            FittedInput("mapping", fields=(("input_ids", "int64", (7,)),)),
+        ),
+    ],
+)
+def test_the_fitted_input_spec_records_shapes_not_samples(X, kind, spec):
+    fitted = FittedInput.of(X, kind)
+    assert fitted == spec
+    example, again = fitted.example(), fitted.example()
+    if isinstance(example, np.ndarray):
+        assert example.shape == (1, *spec.shape) and example.dtype == spec.dtype
+        np.testing.assert_array_equal(example, again)  # the same every time
+    elif isinstance(example, dict):
+        assert example["input_ids"].shape == (1, 7)
+        assert example["input_ids"].dtype == torch.long
+    else:
+        assert len(example) == 1 and isinstance(example[0], str)
