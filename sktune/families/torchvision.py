@@ -61,15 +61,11 @@ class TorchvisionFamily(Family):
 
     def remove_classifier(self, module):
         for attr in _CLASSIFIER_ATTRS:
-            layer = getattr(module, attr, None)
-            if isinstance(layer, nn.Linear):
-                setattr(module, attr, nn.Identity())
-                return (attr,)
-            if isinstance(layer, nn.Sequential) and len(layer):
-                last_name, last = list(layer.named_children())[-1]
-                if isinstance(last, nn.Linear):
-                    setattr(layer, last_name, nn.Identity())
-                    return (f"{attr}.{last_name}",)
+            name = final_linear(module, attr)
+            if name is not None:
+                parent, _, child = name.rpartition(".")
+                setattr(module.get_submodule(parent), child, nn.Identity())
+                return (name,)
         return None
 
     def block_of(self, module):
