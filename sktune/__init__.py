@@ -1,15 +1,19 @@
 """sktune: scikit-learn estimators that fine-tune pretrained neural networks."""
 
+from .adapters import Adapter
 from .backbones import Backbone
 from .cache import clear_cache, set_cache_budget
 from .estimators import FineTuneClassifier, FineTuneRegressor
 from .freeze import Freeze
+from .schedules import LRSchedule
 
 __all__ = [
+    "Adapter",
     "Backbone",
     "FineTuneClassifier",
     "FineTuneRegressor",
     "Freeze",
+    "LRSchedule",
     "clear_cache",
     "set_cache_budget",
 ]

@@ -44,18 +44,30 @@ from torch.utils.data import Dataset, Subset
 from ._builder import build_network
 from ._modules import eval_mode
 from ._params import check_against_input, validate_params
-from ._random import epoch_seed, seed_of, seeded
+from ._random import epoch_seed, fit_seeds, seeded
+from ._restarts import fit_restarts
+from .adapters.inject import merge
 from .backbones import as_backbone
 from .blocks import describe_blocks
 from .cache import WholeSplit
 from .data.inputs import check_fit_data, check_predict_data
 from .data.text import TextCollator, TextDataset, mean_tokens, token_lengths
+from .families import family_of
+from .freeze import apply_freeze, options
+from .schedules import (
+    WarmupDecay,
+    block_rates,
+    check_schedule,
+    frozen_at,
+    param_groups,
+    phases,
+)
 
 __all__ = ["FineTuneMixin"]
 
 # Parameters of our own that hold objects with nested parameters
 # (``freeze__depth``), routed the sklearn way instead of skorch's.
-_OWN_PARAMS = ("backbone", "freeze", "head")
+_OWN_PARAMS = ("backbone", "freeze", "adapter", "head", "lr_schedule")
 _NO_REINIT_PREFIXES = ("iterator_train__", "iterator_valid__", "dataset__")
 
 
@@ -93,6 +105,7 @@ class FineTuneMixin:
         backbone,
         *,
         freeze=None,
+        adapter=None,
         head="linear",
         random_state=None,
         pooling=None,
@@ -106,7 +119,12 @@ class FineTuneMixin:
         criterion,
         optimizer=torch.optim.AdamW,
         lr=1e-3,
+        backbone_lr="auto",
+        layer_decay=None,
+        lr_schedule=None,
         max_epochs=10,
+        n_restarts=1,
+        restart_epochs=1,
         batch_size=32,
         train_split=None,
         verbose=0,
@@ -114,6 +132,7 @@ class FineTuneMixin:
     ):
         self.backbone = backbone
         self.freeze = freeze
+        self.adapter = adapter
         self.head = head
         self.random_state = random_state
         self.pooling = pooling
@@ -124,6 +143,11 @@ class FineTuneMixin:
         self.cache_size = cache_size
         self.cache_dtype = cache_dtype
         self.channels_last = channels_last
+        self.backbone_lr = backbone_lr
+        self.layer_decay = layer_decay
+        self.lr_schedule = lr_schedule
+        self.n_restarts = n_restarts
+        self.restart_epochs = restart_epochs
         super().__init__(
             None,
             criterion=criterion,
@@ -257,9 +281,9 @@ class FineTuneMixin:
 
     def _fit(self, X, y, *, reset: bool, classes=None, **fit_params):
         validate_params(self)
-        self._fit_seed = seed_of(self.random_state)
+        seeds = fit_seeds(self.random_state, self.n_restarts if reset else 1)
         cuda = torch.cuda.is_available() and "cuda" in str(self.device)
-        with seeded(self._fit_seed, cuda=cuda):
+        with seeded(seeds[0].init, cuda=cuda):
             X, y, fitted = check_fit_data(
                 self, X, y, reset=reset, regression=self._regression
             )
@@ -267,9 +291,104 @@ class FineTuneMixin:
             y = self._encode_targets(y, reset=reset, classes=classes)
             if reset:
                 self.input_spec_ = fitted
+                self._seeds = seeds[0]
                 self.initialize()
-            super().partial_fit(self._data(X, y, training=True), y, **fit_params)
+                self._check_schedule()
+            elif len(self.history_) == 0:
+                self._seeds = seeds[0]
+            if len(seeds) == 1:
+                super().partial_fit(X, y, **fit_params)
+                return self
+        fit_restarts(
+            self,
+            X,
+            y,
+            seeds,
+            lambda X_, y_, epochs: super(FineTuneMixin, self).partial_fit(
+                X_, y_, epochs=epochs, **fit_params
+            ),
+            lambda X_, y_, epochs: self._resume(X_, y_, epochs, **fit_params),
+            cuda,
+        )
         return self
+
+    def _resume(self, X, y, epochs: int, **fit_params):
+        """More epochs of the current training session (no new train begin)."""
+        try:
+            self.fit_loop(X, y, epochs=epochs, **fit_params)
+        except KeyboardInterrupt:
+            pass
+        self.notify("on_train_end", X=X, y=y)
+
+    def _check_schedule(self) -> None:
+        policy = options(self.freeze)
+        if policy.schedules():
+            check_schedule(
+                n_blocks=self.n_blocks_,
+                depth=self._depth,
+                probe_epochs=policy.probe_epochs,
+                unfreeze_every=policy.unfreeze_every,
+                max_epochs=self.max_epochs,
+            )
+
+    def _frozen_at(self, epoch: int) -> int:
+        """Blocks frozen in ``epoch`` (the policy's own depth without a schedule)."""
+        policy = options(self.freeze)
+        if not policy.schedules():
+            return self._depth
+        return frozen_at(
+            epoch,
+            n_blocks=self.n_blocks_,
+            depth=self._depth,
+            probe_epochs=policy.probe_epochs,
+            unfreeze_every=policy.unfreeze_every,
+        )
+
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        """skorch's loop, run stage by stage of the freeze schedule.
+
+        ``X`` is the validated input; each stage (a run of epochs with the
+        same frozen blocks) trains on its own data: the cached outputs of its
+        frozen prefix where that is exact, else the input. Stages share one
+        train/validation split.
+        """
+        epochs = self.max_epochs if epochs is None else epochs
+        runs = phases(len(self.history_) + 1, epochs, self._frozen_at)
+        self.__dict__["_split_indices"] = {} if len(runs) > 1 else None
+        try:
+            for n_epochs, n_frozen in runs:
+                self._use_stage(n_frozen)
+                data = self._data(X, y, training=True)
+                super().fit_loop(data, y, epochs=n_epochs, **fit_params)
+        finally:
+            self.__dict__.pop("_split_indices", None)
+        return self
+
+    def _use_stage(self, n_frozen: int) -> None:
+        """Train with ``n_frozen`` blocks frozen, on that stage's cache."""
+        stage = self._stages[n_frozen]
+        apply_freeze(self.module_.backbone, stage.plan)
+        self.module_.set_stage(stage.plan, stage.prefix_cache.split)
+        self.prefix_cache_ = stage.prefix_cache
+
+    def get_split_datasets(self, X, y=None, **fit_params):
+        # Stages of a freeze schedule train on different data (cached at
+        # another cut) but must share one split: the first stage's indices
+        # are kept for the rest.
+        fixed = self.__dict__.get("_split_indices")
+        if fixed and "indices" in fixed:
+            dataset = self.get_dataset(X, y)
+            train, valid = fixed["indices"]
+            return Subset(dataset, train), (
+                None if valid is None else Subset(dataset, valid)
+            )
+        train, valid = super().get_split_datasets(X, y, **fit_params)
+        if fixed is not None and isinstance(train, Subset):
+            fixed["indices"] = (
+                train.indices,
+                valid.indices if isinstance(valid, Subset) else None,
+            )
+        return train, valid
 
     def initialize_module(self):
         """Build the network for the fitted input (see :mod:`sktune._builder`)."""
@@ -284,6 +403,7 @@ class FineTuneMixin:
             fitted,
             n_outputs=self._n_head_outputs,
             freeze=self.freeze,
+            adapter=self.adapter,
             head=self.head,
             pooling=self.pooling,
             image_size=self.image_size,
@@ -298,7 +418,16 @@ class FineTuneMixin:
         self.blocks_ = built.blocks
         self.n_blocks_ = len(built.blocks)
         self.tokenizer_ = built.tokenizer
-        self.prefix_cache_ = built.prefix_cache
+        self.adapted_modules_ = built.adapted
+        self._stages = built.stages
+        self._depth = built.depth
+        self.prefix_cache_ = built.stages[built.depth].prefix_cache
+        final = built.stages[built.depth].plan
+        self._trainable = {
+            f"backbone.{n}"
+            for n, _ in built.network.backbone.named_parameters()
+            if n not in final.frozen_params
+        } | {f"head.{n}" for n, _ in built.network.head.named_parameters()}
         self._collator = (
             TextCollator(built.tokenizer, built.max_length)
             if built.tokenizer is not None
@@ -369,15 +498,61 @@ class FineTuneMixin:
 
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         super().on_epoch_begin(net, dataset_train, dataset_valid, **kwargs)
-        seed = getattr(self, "_fit_seed", None)
-        if seed is not None:
-            torch.manual_seed(epoch_seed(seed, len(self.history_)))
+        epoch = len(self.history_)
+        seed = getattr(self, "_seeds", None)
+        if seed is not None and seed.data is not None:
+            torch.manual_seed(epoch_seed(seed.data, epoch))
+        self.history_.record("frozen_blocks", self._frozen_at(epoch))
 
     def get_all_learnable_params(self):
-        # Frozen parameters get no optimizer state (DESIGN.md, invariant 3).
+        # Frozen parameters get no optimizer state (DESIGN.md, invariant 3);
+        # those a freeze schedule unfreezes later are in from the start.
         for name, param in super().get_all_learnable_params():
-            if param.requires_grad:
+            if name in self._trainable:
                 yield name, param
+
+    def get_params_for_optimizer(self, prefix, named_parameters):
+        """skorch's, with the head at ``lr`` and the backbone's blocks at theirs.
+
+        The block nearest the head trains at ``backbone_lr``, each block
+        below at ``layer_decay`` times the one above; parameters matching
+        ``optimizer__param_groups`` patterns keep the options given there.
+        """
+        if prefix != "optimizer":
+            return super().get_params_for_optimizer(prefix, named_parameters)
+        kwargs = self.get_params_for(prefix)
+        patterns = kwargs.pop("param_groups", [])
+        kwargs.setdefault("lr", self.lr)
+        backbone_lr = self.backbone_lr_
+        groups = param_groups(
+            named_parameters,
+            {p: i for i, block in enumerate(self.blocks_) for p in block.params},
+            block_rates(self.n_blocks_, backbone_lr, self.layer_decay),
+            backbone_lr,
+            patterns,
+        )
+        return (groups,), kwargs
+
+    @property
+    def backbone_lr_(self) -> float:
+        """The learning rate of the block nearest the head (see ``backbone_lr``)."""
+        if self.backbone_lr != "auto":
+            return float(self.backbone_lr)
+        lr = float(self.get_params_for("optimizer").get("lr", self.lr))
+        if self.adapted_modules_:
+            return lr  # adapters are fresh parameters, like the head
+        backbone = self.module_.backbone
+        return family_of(backbone).backbone_lr_scale(backbone) * lr
+
+    @property
+    def _default_callbacks(self):
+        callbacks = list(super()._default_callbacks)
+        at = next(
+            (i for i, (name, _) in enumerate(callbacks) if name == "print_log"),
+            len(callbacks),
+        )
+        callbacks.insert(at, ("warmup_decay", WarmupDecay()))
+        return callbacks
 
     def get_dataset(self, X, y=None):
         if isinstance(X, Dataset):
@@ -564,6 +739,82 @@ class FineTuneMixin:
         if not isinstance(xb, torch.Tensor) or size == -1 or len(xb) >= size:
             return xb
         return torch.cat([xb, xb[:1].expand(size - len(xb), *xb.shape[1:])])
+
+    # -- the trained part ------------------------------------------------------
+
+    def merge_adapters(self):
+        """Merge the adapters into the backbone's weights, for faster inference.
+
+        Predictions stay the same (to rounding); the adapters no longer run
+        as separate layers, and no longer train: a later ``fit`` starts
+        afresh anyway.
+
+        Returns
+        -------
+        self
+        """
+        self.check_is_fitted()
+        if not self.adapted_modules_:
+            raise ValueError(
+                f"{type(self).__name__} has no adapters to merge (adapter=None)."
+            )
+        merge(self.module_.backbone)
+        return self
+
+    def save_trained(self, path) -> None:
+        """Write the trained part of the network to a safetensors file.
+
+        The trained part: the head, the adapters, the blocks ``freeze`` left
+        trainable (with an adapter, the adapters and the head only: a small
+        file). Load it into an estimator fitted alike with
+        :meth:`load_trained`.
+
+        Parameters
+        ----------
+        path : str or path-like
+        """
+        from safetensors.torch import save_file
+
+        self.check_is_fitted()
+        state = self.module_.state_dict()
+        trained = {
+            k: state[k].detach().cpu().contiguous() for k in sorted(self._trainable)
+        }
+        save_file(trained, os.fspath(path), metadata={"format": "sktune-trained"})
+
+    def load_trained(self, path):
+        """Load a trained part written by :meth:`save_trained`.
+
+        Parameters
+        ----------
+        path : str or path-like
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ValueError
+            When the file does not fit this estimator's network (other
+            parameters or shapes); the network is left as it was.
+        """
+        from .backbones.weights import read_state_dict
+
+        self.check_is_fitted()
+        state = read_state_dict(path, param="path")
+        own = self.module_.state_dict()
+        wrong = sorted(set(state) ^ self._trainable)
+        shapes = [k for k in state if k in own and own[k].shape != state[k].shape]
+        if wrong or shapes:
+            raise ValueError(
+                f"path={os.fspath(path)!r} does not fit this network's trained part: "
+                f"{len(wrong)} parameters differ (e.g. {wrong[:3]}), {len(shapes)} "
+                f"shapes differ (e.g. {shapes[:3]}). Fit an estimator with the same "
+                "backbone, freeze, adapter and head first."
+            )
+        self.module_.load_state_dict(state, strict=False)
+        return self
 
     # -- introspection ------------------------------------------------------
 

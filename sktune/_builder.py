@@ -1,7 +1,8 @@
 """Build the network a fit trains, in named stages, on the training device.
 
-    training copy -> inputs and preprocessing -> adapters -> probe and layout
-    -> block map -> freeze plan -> head -> network -> cut plan and cache
+    training copy -> inputs and preprocessing -> probe -> block map
+    -> adapters -> freeze plans -> layout -> head -> network
+    -> cut plan and cache of each depth a fit trains at
 
 Every stage runs on the device that trains (DESIGN.md, invariant 8): the
 pristine backbone is copied, the copy moved, and the probe, the
@@ -22,6 +23,8 @@ from skorch.utils import to_device
 from torch import nn
 
 from ._modules import eval_mode, has_lazy, same_output
+from .adapters import as_adapter
+from .adapters.inject import adapter_params, attach
 from .backbones import Backbone
 from .blocks import Block, block_map, record_child_order
 from .cache import (
@@ -39,11 +42,26 @@ from .data.inputs import FittedInput
 from .data.text import TextCollator
 from .families import family_of
 from .families.generic import plan_chain_cut
-from .freeze import FreezePlan, apply_freeze, plan_freeze
+from .freeze import (
+    FreezePlan,
+    apply_freeze,
+    at_depth,
+    options,
+    plan_freeze,
+    with_adapters,
+)
 from .heads import build_head, pool_features
 from .network import FineTuneNetwork
 
-__all__ = ["Built", "build_network", "resolve_max_length"]
+__all__ = ["Built", "Stage", "build_network", "resolve_max_length"]
+
+
+@dataclass
+class Stage:
+    """The network with ``n_frozen`` blocks frozen: its plan and its cache."""
+
+    plan: FreezePlan
+    prefix_cache: PrefixCache
 
 
 @dataclass
@@ -60,15 +78,23 @@ class Built:
         A text backbone's tokenizer.
     max_length : int or None
         A text backbone's truncation length.
-    prefix_cache : PrefixCache
-        Where the frozen prefix is cut and how it is cached (or why not).
+    stages : dict
+        Number of frozen blocks -> :class:`Stage`: the freeze policy's own
+        depth, and every depth its schedule passes through.
+    depth : int
+        The freeze policy's own number of frozen blocks (its stage is the
+        network's state as built).
+    adapted : list of str
+        The backbone modules that carry adapters.
     """
 
     network: FineTuneNetwork
     blocks: list[Block]
     tokenizer: object
     max_length: int | None
-    prefix_cache: PrefixCache
+    stages: dict[int, Stage]
+    depth: int
+    adapted: list[str]
 
 
 def build_network(
@@ -77,6 +103,7 @@ def build_network(
     *,
     n_outputs: int,
     freeze,
+    adapter,
     head,
     pooling,
     image_size,
@@ -97,8 +124,8 @@ def build_network(
         What fit saw of X.
     n_outputs : int
         The head's outputs (classes, or regression targets).
-    freeze, head, pooling, image_size, max_length, channels_last, cache, \
-cache_size, cache_dtype
+    freeze, adapter, head, pooling, image_size, max_length, channels_last, \
+cache, cache_size, cache_dtype
         The estimator's parameters of those names, validated.
     device : str, torch.device or None
         Where the network trains (None: where the backbone is).
@@ -108,7 +135,8 @@ cache_size, cache_dtype
     ValueError
         When the input does not fit the backbone, the backbone cannot process
         the probe sample, or a setting cannot be honoured (``freeze`` out of
-        range, ``channels_last=True`` on a backbone that cannot run so).
+        range, an adapter with nothing to adapt, ``channels_last=True`` on a
+        backbone that cannot run so).
     """
     backbone = _training_copy(source, device)
     tokenizer = source.tokenizer()
@@ -123,43 +151,86 @@ cache_size, cache_dtype
     pooling = pooling if pooling is not None else source.default_pooling()
     if hasattr(backbone, "pooling") and pooling is not None:
         backbone.pooling = pooling
-    backbone = attach_adapters(backbone)
     example = _example_batch(fitted, tokenizer, max_length, device)
     features, order = probe(backbone, preprocess, example)
+    blocks = block_map(backbone, order)
+    blocks, adapted = attach_adapters(backbone, blocks, order, freeze, adapter)
+    plans = _plans(backbone, blocks, freeze, adapter is not None)
+    depth = plans.pop("final")
     layout = _plan_layout(channels_last, backbone, preprocess, example, features)
     if layout and preprocess is not None:
         # uint8 N x H x W x C permuted is channels-last already: no copy.
         preprocess.memory_format = torch.channels_last
-    blocks = block_map(backbone, order)
-    plan = plan_freeze(backbone, blocks, freeze)
-    apply_freeze(backbone, plan)
     head_module = build_head(head, features.shape[1], n_outputs)
     if device is not None:
         head_module.to(device)
     network = FineTuneNetwork(
-        backbone, head_module, plan, preprocess, pooling, None, layout
+        backbone, head_module, plans[depth], preprocess, pooling, None, layout
     )
-    cut, row = (
-        (NoCache("cache=False"), None)
-        if cache is False
-        else _plan_cut(network, plan, blocks, order, example, tokenizer, features)
-    )
-    if isinstance(cut, Split):
-        network.split = cut
-    prefix_cache = PrefixCache(
-        cut,
-        None
-        if row is None
-        else _cache_key(source, network, cut, fitted, row, cache_dtype, max_length),
-        setting=cache,
-        size_mb=cache_size,
-        row_dtype=row.dtype if row is not None else torch.float32,
-        row_numel=row.numel() if row is not None else 0,
-        stored_dtype=(storage_dtype(cache_dtype) or row.dtype)
-        if row is not None
-        else torch.float32,
-    )
-    return Built(network, blocks, tokenizer, max_length, prefix_cache)
+    info = {"enabled": False, "reason": None, "computed": 0, "reused": 0}
+    stages = {}
+    for n_frozen, plan in plans.items():  # the policy's own depth last
+        apply_freeze(backbone, plan)
+        cut, row = (
+            (NoCache("cache=False"), None)
+            if cache is False
+            else _plan_cut(network, plan, blocks, order, example, tokenizer, features)
+        )
+        key = (
+            None
+            if row is None
+            else _cache_key(source, network, cut, fitted, row, cache_dtype, max_length)
+        )
+        cache_of_stage = PrefixCache(
+            cut,
+            key,
+            setting=cache,
+            size_mb=cache_size,
+            row_dtype=row.dtype if row is not None else torch.float32,
+            row_numel=row.numel() if row is not None else 0,
+            stored_dtype=(storage_dtype(cache_dtype) or row.dtype)
+            if row is not None
+            else torch.float32,
+        )
+        cache_of_stage.info = info  # one account over the stages of a fit
+        stages[n_frozen] = Stage(plan, cache_of_stage)
+    network.set_stage(plans[depth], stages[depth].prefix_cache.split)
+    return Built(network, blocks, tokenizer, max_length, stages, depth, adapted)
+
+
+def _plans(backbone, blocks, freeze, adapters: bool) -> dict:
+    """The freeze plan of each depth a fit may train at, the final depth last.
+
+    The entry ``"final"`` names the policy's own depth.
+    """
+    policy = options(freeze)
+    n_blocks = len(blocks)
+
+    def plan_of(policy_at):
+        plan = plan_freeze(backbone, blocks, policy_at)
+        if adapters:
+            plan = with_adapters(backbone, plan, adapter_params(backbone), policy_at)
+        return plan
+
+    final = plan_of(freeze)
+    depth = final.n_frozen_blocks
+    plans = {}
+    if policy.schedules():
+        if depth is None:
+            raise ValueError(
+                "freeze__probe_epochs and freeze__unfreeze_every count blocks, but "
+                f"freeze__depth={policy.depth!r} is a list of parameter patterns; "
+                "give a depth (an int, a float or 'all')."
+            )
+        visited = {n_blocks} if policy.probe_epochs else set()
+        if policy.unfreeze_every is not None:
+            visited |= set(range(depth + 1, n_blocks))
+        for n_frozen in sorted(visited - {depth}, reverse=True):
+            plans[n_frozen] = plan_of(at_depth(freeze, n_frozen, n_blocks))
+    key = n_blocks if depth is None else depth
+    plans[key] = final
+    plans["final"] = key
+    return plans
 
 
 # -- stages ------------------------------------------------------------------------
@@ -171,9 +242,21 @@ def _training_copy(source: Backbone, device) -> nn.Module:
     return backbone if device is None else backbone.to(device)
 
 
-def attach_adapters(backbone: nn.Module) -> nn.Module:
-    """Where adapters join the training copy; without any, it is unchanged."""
-    return backbone
+def attach_adapters(backbone: nn.Module, blocks, order, freeze, adapter):
+    """Put adapters into the parts of the copy that ``freeze`` leaves trainable.
+
+    Returns the block map (made anew: the adapted layers' parameters have
+    new names) and the names of the adapted modules.
+    """
+    adapter = as_adapter(adapter)
+    if adapter is None:
+        return blocks, []
+    plan = plan_freeze(backbone, blocks, freeze)
+    trainable = {n for n, _ in backbone.named_parameters()} - plan.frozen_params
+    adapted = attach(
+        backbone, adapter, trainable, family_of(backbone), f"freeze={freeze!r}"
+    )
+    return block_map(backbone, order), adapted
 
 
 def resolve_max_length(max_length, tokenizer) -> int:

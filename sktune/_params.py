@@ -20,11 +20,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .adapters import ADAPTER_ACCEPTED, FIELD_CONSTRAINTS, Adapter, is_adapter
 from .backbones import BACKBONE_ACCEPTED, is_backbone_source
 from .cache.prefix import CACHE_DTYPE_ACCEPTED, is_cache_dtype
 from .data.images import IMAGE_SIZE_ACCEPTED, is_image_size
 from .freeze import FREEZE_ACCEPTED, Freeze, is_policy
 from .heads import HEAD_ACCEPTED, POOLINGS, head_hint, is_head
+from .schedules import LR_SCHEDULE_ACCEPTED, LRSchedule
 
 __all__ = [
     "CONSTRAINTS",
@@ -121,15 +123,58 @@ CONSTRAINTS: dict[str, Constraint] = {
         "a positive int, or -1 (the whole data set)",
         lambda v: _int(v, 1) or (_int(v, -1) and v == -1),
     ),
+    "adapter": Constraint(ADAPTER_ACCEPTED, is_adapter),
+    "backbone_lr": Constraint(
+        "'auto' (a rate for the backbone's family) or a non-negative number",
+        lambda v: (isinstance(v, str) and v == "auto") or (_real(v) and v >= 0),
+    ),
+    "layer_decay": Constraint(
+        "None or a number in (0, 1]", lambda v: v is None or (_real(v) and 0 < v <= 1)
+    ),
+    "lr_schedule": Constraint(
+        LR_SCHEDULE_ACCEPTED,
+        lambda v: (
+            v is None
+            or isinstance(v, LRSchedule)
+            or (isinstance(v, str) and v in _DECAYS)
+        ),
+    ),
+    "n_restarts": Constraint("a positive int", lambda v: _int(v, 1)),
+    "restart_epochs": Constraint("a positive int", lambda v: _int(v, 1)),
 }
 
-#: Constraints on the fields of a nested ``Freeze``.
-_FREEZE_FIELDS: dict[str, Constraint] = {
-    "depth": Constraint(
-        FREEZE_ACCEPTED.replace(", or a Freeze(...) object", ""),
-        lambda v: is_policy(v) and not isinstance(v, Freeze),
+_DECAYS = ("linear", "cosine")
+
+#: Constraints on the fields of the nested objects, by parameter.
+_NESTED: dict[str, tuple[type, dict[str, Constraint]]] = {
+    "freeze": (
+        Freeze,
+        {
+            "depth": Constraint(
+                FREEZE_ACCEPTED.replace(", or a Freeze(...) object", ""),
+                lambda v: is_policy(v) and not isinstance(v, Freeze),
+            ),
+            "train_bn": _BOOL,
+            "train_bias": _BOOL,
+            "probe_epochs": Constraint("a non-negative int", lambda v: _int(v, 0)),
+            "unfreeze_every": Constraint(
+                "None or a positive int", lambda v: v is None or _int(v, 1)
+            ),
+        },
     ),
-    "train_bn": _BOOL,
+    "adapter": (
+        Adapter,
+        {k: Constraint(*accepted) for k, accepted in FIELD_CONSTRAINTS.items()},
+    ),
+    "lr_schedule": (
+        LRSchedule,
+        {
+            "decay": Constraint(f"one of {list(_DECAYS)}", lambda v: v in _DECAYS),
+            "warmup": Constraint(
+                "a number in [0, 1)", lambda v: _real(v) and 0 <= v < 1
+            ),
+        },
+    ),
 }
 
 
@@ -145,14 +190,34 @@ def validate_params(estimator) -> None:
     """
     for name, constraint in CONSTRAINTS.items():
         constraint.check(name, getattr(estimator, name))
-    if isinstance(estimator.freeze, Freeze):
-        for field, constraint in _FREEZE_FIELDS.items():
-            constraint.check(f"freeze__{field}", getattr(estimator.freeze, field))
-    if estimator.group_by_length and importlib.util.find_spec("transformers") is None:
-        raise ImportError(
-            "group_by_length=True draws batches with transformers' "
-            "LengthGroupedSampler; install it with pip install 'sktune[text]'."
+    for name, (kind, fields) in _NESTED.items():
+        value = getattr(estimator, name)
+        if isinstance(value, kind):
+            for field, constraint in fields.items():
+                constraint.check(f"{name}__{field}", getattr(value, field))
+    if estimator.n_restarts > 1 and estimator.restart_epochs > estimator.max_epochs:
+        raise InvalidParameterError(
+            f"restart_epochs={estimator.restart_epochs} is not valid; use at most "
+            f"max_epochs={estimator.max_epochs} (each restart trains that many "
+            "epochs before the best one continues)."
         )
+    _needs(
+        estimator.group_by_length,
+        "transformers",
+        "group_by_length=True draws batches with transformers' LengthGroupedSampler",
+        "text",
+    )
+    _needs(
+        estimator.adapter is not None,
+        "peft",
+        f"adapter={estimator.adapter!r} is built on Hugging Face PEFT",
+        "adapters",
+    )
+
+
+def _needs(wanted: bool, package: str, what: str, extra: str) -> None:
+    if wanted and importlib.util.find_spec(package) is None:
+        raise ImportError(f"{what}; install it with pip install 'sktune[{extra}]'.")
 
 
 def check_against_input(estimator, kind: str) -> None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-__all__ = ["epoch_seed", "seed_of", "seeded"]
+__all__ = ["FitSeeds", "epoch_seed", "fit_seeds", "seed_of", "seeded"]
 
 # The global torch/numpy RNGs are process-wide: seeded fits in two threads
 # would draw from one stream. Seeded sections take this lock so each fit sees
@@ -59,6 +60,35 @@ def seeded(seed: int | None, *, cuda: bool = False):
             yield
         finally:
             np.random.set_state(np_state)  # noqa: NPY002
+
+
+class FitSeeds(NamedTuple):
+    """The seeds of one training run: weights (head, lazy layers) and data order.
+
+    ``data`` also seeds dropout: each epoch reseeds from ``(data, epoch)``.
+    """
+
+    init: int | None
+    data: int | None
+
+
+def fit_seeds(random_state, n_runs: int = 1) -> list[FitSeeds]:
+    """The seeds of ``n_runs`` runs (restarts) of a fit with ``random_state``.
+
+    The first run uses the seed itself for both; later runs derive two
+    independent seeds from ``(seed, run)``. Without a seed a single run is
+    unseeded, and restarts draw a fresh base seed, so they still differ.
+    """
+    seed = seed_of(random_state)
+    if seed is None:
+        if n_runs == 1:
+            return [FitSeeds(None, None)]
+        seed = int(np.random.SeedSequence().generate_state(1)[0])
+    runs = [FitSeeds(seed, seed)]
+    for run in range(1, n_runs):
+        init, data = np.random.SeedSequence([seed, run]).generate_state(2)
+        runs.append(FitSeeds(int(init), int(data)))
+    return runs
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

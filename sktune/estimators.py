@@ -34,7 +34,16 @@ _COMMON_PARAMS = """
         k; a float in [0, 1] that fraction of the blocks (rounded down);
         ``"all"`` trains the head only (linear probe); a list of fnmatch
         patterns freezes the matching parameter names; a :class:`Freeze`
-        adds options. Frozen parts run in eval mode while the rest trains.
+        adds options: BitFit (``train_bias``), LP-FT (``probe_epochs``),
+        gradual unfreezing (``unfreeze_every``). Frozen parts run in eval
+        mode while the rest trains.
+    adapter : None, "lora", "ia3" or Adapter, default=None
+        Train small adapters (Hugging Face PEFT) instead of the backbone's
+        own weights, which all stay frozen: LoRA's low-rank updates or
+        (IA)^3's scales, in the parts of the backbone ``freeze`` leaves
+        trainable (``freeze=k`` keeps the first k blocks adapter-free, so the
+        frozen-prefix cache still serves them). An :class:`Adapter` sets the
+        rank, scale, dropout and target modules (``adapter__r`` in a grid).
     head : "linear", "mlp" or callable, default="linear"
         The fresh head, sized in ``fit`` from the backbone's feature width
         and the targets. A callable is called as ``head(in_features,
@@ -91,9 +100,35 @@ _COMMON_PARAMS = """
     criterion : torch criterion class, default={criterion}
     optimizer : torch optimizer class, default=torch.optim.AdamW
     lr : float, default=1e-3
-        A learning rate that suits a fresh head; lower it (e.g. 1e-4 or less)
-        when much of a large backbone trains.
+        The learning rate of the head (and of anything the backbone's blocks
+        do not hold).
+    backbone_lr : "auto" or float, default="auto"
+        The learning rate of the backbone's trainable block nearest the head
+        (discriminative learning rates: a pretrained backbone moves far less
+        than a fresh head). "auto": ``0.03 * lr`` for Hugging Face encoders
+        and vision transformers (3e-5 at the default ``lr``, the range
+        transformers are fine-tuned in), ``0.1 * lr`` for convolutional
+        networks, ``lr`` for other modules; with an adapter, ``lr``: adapters
+        are fresh parameters, like the head.
+    layer_decay : None or float in (0, 1], default=None
+        Layer-wise learning-rate decay: each block below the top trainable
+        one trains at ``layer_decay`` times the rate of the block above it
+        (counted over all blocks, frozen ones included).
+    lr_schedule : None, "linear", "cosine" or LRSchedule, default=None
+        Linear warmup over the first 10% of the fit, then linear or cosine
+        decay to zero, stepped every batch (an :class:`LRSchedule` sets the
+        warmup). None keeps the rates constant; pass skorch's
+        ``LRScheduler`` callback for any other schedule.
     max_epochs : int, default=10
+    n_restarts : int, default=1
+        Train this many runs, each with its own initialization and data-order
+        seeds (derived from ``random_state``), for ``restart_epochs`` epochs;
+        keep the one with the best validation score and continue only it.
+        Without a ``train_split``, 20% of the data (stratified for
+        classifiers) is held out to choose; the chosen run then continues on
+        all of it.
+    restart_epochs : int, default=1
+        How long each restart trains before the choice.
     batch_size : int, default=32
     train_split : None or callable, default=None
         No validation split unless asked for, e.g. ``skorch.dataset.ValidSplit
@@ -121,6 +156,13 @@ _COMMON_ATTRIBUTES = """
         Column names, when X was a DataFrame with string column names.
     history_ : skorch History
         Per-epoch and per-batch training records.
+    adapted_modules_ : list of str
+        The backbone modules that carry adapters.
+    backbone_lr_ : float
+        The learning rate the backbone's top trainable block trained at.
+    restarts_ : list of dict
+        With ``n_restarts > 1``: each restart's ``init_seed``, ``data_seed``
+        and validation ``score``; ``best_restart_`` is the one kept.
     cache_info_ : dict
         Whether the frozen-prefix cache was used ("enabled"), why not
         ("reason"), and how many samples' prefix outputs were computed or

@@ -27,9 +27,12 @@ __all__ = [
     "Freeze",
     "FreezePlan",
     "apply_freeze",
+    "at_depth",
     "frozen_modules",
     "is_policy",
+    "options",
     "plan_freeze",
+    "with_adapters",
 ]
 
 FREEZE_ACCEPTED = (
@@ -53,17 +56,55 @@ class Freeze(BaseEstimator):
     train_bn : bool, default=False
         If True, BatchNorm layers inside frozen blocks keep training: their
         affine parameters get gradients and their running statistics update.
+    train_bias : bool, default=False
+        BitFit (Ben Zaken et al. 2022): the bias terms inside frozen blocks
+        train too (the blocks stay in eval mode).
+    probe_epochs : int, default=0
+        LP-FT (Kumar et al. 2022): train only the head for this many epochs
+        first (on cached features, nearly free), then the blocks ``depth``
+        leaves trainable.
+    unfreeze_every : None or int, default=None
+        Gradual unfreezing (ULMFiT, Howard & Ruder 2018): after the probe
+        epochs, make one more block trainable from the output side every
+        this many epochs until ``depth`` is reached. None: all at once.
+
+    Notes
+    -----
+    With a schedule, the number of frozen blocks starts at all of them;
+    epochs 1 to ``probe_epochs`` train only the head; after that, every
+    ``unfreeze_every`` epochs one more block becomes trainable until
+    ``depth``. With 3 blocks, ``Freeze(depth=0, probe_epochs=2,
+    unfreeze_every=1)`` trains the head in epochs 1-2, the last block too in
+    epoch 3, the middle block too in epoch 4, everything from epoch 5. A
+    block frozen in an epoch gets no update at all (no gradient, so no
+    weight decay or momentum either); ``history_[:, "frozen_blocks"]``
+    records each epoch's depth, and the frozen-prefix cache follows it.
 
     Examples
     --------
     >>> from sktune import Freeze
-    >>> Freeze(depth=2).get_params()
-    {'depth': 2, 'train_bn': False}
+    >>> Freeze(depth=2).get_params()["depth"]
+    2
+    >>> lp_ft = Freeze(depth=0, probe_epochs=3)
     """
 
-    def __init__(self, depth=0, train_bn=False):
+    def __init__(
+        self,
+        depth=0,
+        train_bn=False,
+        train_bias=False,
+        probe_epochs=0,
+        unfreeze_every=None,
+    ):
         self.depth = depth
         self.train_bn = train_bn
+        self.train_bias = train_bias
+        self.probe_epochs = probe_epochs
+        self.unfreeze_every = unfreeze_every
+
+    def schedules(self) -> bool:
+        """Whether the frozen depth changes during a fit."""
+        return bool(self.probe_epochs) or self.unfreeze_every is not None
 
 
 @dataclass(frozen=True)
@@ -111,13 +152,9 @@ def plan_freeze(
         For an out-of-range depth or a value of the wrong type; the message
         names ``param``, the value and what is accepted.
     """
-    train_bn = False
+    train_bn = train_bias = False
     if isinstance(freeze, Freeze):
-        train_bn = freeze.train_bn
-        if not isinstance(train_bn, bool):
-            raise TypeError(
-                f"{param}__train_bn={train_bn!r} is not valid; use True or False."
-            )
+        train_bn, train_bias = freeze.train_bn, freeze.train_bias
         freeze, param = freeze.depth, f"{param}__depth"
     n_blocks = len(blocks)
 
@@ -141,7 +178,53 @@ def plan_freeze(
         eval_modules = _descendants(module, roots, train_bn)
     if train_bn:
         frozen -= _batchnorm_params(module)
+    if train_bias:
+        frozen = {n for n in frozen if n.rsplit(".", 1)[-1] != "bias"}
     return FreezePlan(frozenset(frozen), eval_modules, depth)
+
+
+def options(freeze) -> Freeze:
+    """The :class:`Freeze` a valid ``freeze`` parameter stands for."""
+    return freeze if isinstance(freeze, Freeze) else Freeze(depth=freeze)
+
+
+def at_depth(freeze, n_frozen: int, n_blocks: int) -> Freeze:
+    """The policy of ``freeze`` with ``n_frozen`` blocks frozen (all: ``"all"``)."""
+    policy = options(freeze)
+    return Freeze(
+        depth="all" if n_frozen >= n_blocks else n_frozen,
+        train_bn=policy.train_bn,
+        train_bias=policy.train_bias,
+    )
+
+
+def with_adapters(
+    module: nn.Module, plan: FreezePlan, adapters: set[str], freeze
+) -> FreezePlan:
+    """The plan once adapters are in: the backbone's own weights all freeze.
+
+    What trains: the adapter parameters the plan leaves trainable (adapters
+    in frozen blocks stay frozen), and the biases (``train_bias``) and
+    BatchNorm parameters (``train_bn``) it leaves trainable. BatchNorm
+    layers run in eval mode unless ``train_bn``: their weights are frozen,
+    so their statistics stay too.
+    """
+    policy = options(freeze)
+    names = {n for n, _ in module.named_parameters()}
+    trainable = names - plan.frozen_params
+    keep = trainable & adapters
+    if policy.train_bias:
+        keep |= {n for n in trainable if n.rsplit(".", 1)[-1] == "bias"}
+    if policy.train_bn:
+        keep |= trainable & _batchnorm_params(module)
+    eval_modules = dict.fromkeys(plan.eval_modules)
+    if not policy.train_bn:
+        eval_modules.update(
+            (n, None) for n, m in module.named_modules() if _is_batchnorm(m)
+        )
+    return FreezePlan(
+        frozenset(names - keep), tuple(eval_modules), plan.n_frozen_blocks
+    )
 
 
 def apply_freeze(module: nn.Module, plan: FreezePlan) -> None:

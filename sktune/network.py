@@ -72,6 +72,18 @@ class FineTuneNetwork(nn.Module):
         self._applied_mode = mode
         return self
 
+    def set_stage(self, plan: FreezePlan, split: Split | None) -> None:
+        """Train with ``plan``'s blocks frozen (in eval) and cut at ``split``.
+
+        ``requires_grad`` is the caller's (see :func:`sktune.freeze.apply_freeze`).
+        """
+        self.plan = plan
+        self.split = split
+        self.__dict__.pop("_frozen", None)
+        self.__dict__.pop("_applied_mode", None)
+        if self.training:
+            self.train()
+
     def _frozen_modules(self) -> list[nn.Module]:
         """The plan's eval modules, resolved once (not by name every batch)."""
         modules = self.__dict__.get("_frozen")

@@ -83,11 +83,13 @@ def test_freeze_object_is_a_nested_hyperparameter():
     )
 
 
-def test_bad_train_bn_is_reported():
+def test_bad_train_bn_is_reported(blobs):
+    from sktune import FineTuneClassifier
+
     with pytest.raises(
         TypeError, match=r"freeze__train_bn='yes' is not valid; use True or False"
     ):
-        plan_freeze(mlp_backbone(), block_map(mlp_backbone()), Freeze(train_bn="yes"))
+        FineTuneClassifier(mlp_backbone(), freeze=Freeze(train_bn="yes")).fit(*blobs)
 
 
 def test_non_string_pattern_is_reported():

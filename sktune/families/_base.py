@@ -61,6 +61,18 @@ class Family:
         """Whether ``module`` belongs to this family."""
         return False
 
+    def backbone_lr_scale(self, module: nn.Module) -> float:
+        """``backbone_lr="auto"``: the backbone's rate as a fraction of ``lr``.
+
+        A tenth for convolutional networks (pretrained filters move little);
+        for a module of no known family without convolutions, nothing is
+        known about it: the head's rate.
+        """
+        convolutional = any(
+            isinstance(m, nn.modules.conv._ConvNd) for m in module.modules()
+        )
+        return 0.1 if convolutional else 1.0
+
     def load(self, name: str, pretrained: bool, kwargs: dict) -> Loaded:
         """Build the model ``name`` (pretrained weights fetched if asked)."""
         raise NotImplementedError
@@ -90,6 +102,15 @@ class Family:
 
         Returns the names removed, or None when the family does not know
         where the classifier is.
+        """
+        return None
+
+    def adapter_targets(self, module: nn.Module, kind: str):
+        """The modules an adapter of ``kind`` adapts by default.
+
+        Returns ``(names, feedforward)`` (the feed-forward ones get (IA)^3's
+        input scaling), or None for the generic rule: every linear and
+        convolution layer PEFT can adapt.
         """
         return None
 

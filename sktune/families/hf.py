@@ -82,6 +82,9 @@ class HFFamily(Family):
     spec_prefix = "hf"
     spec_example = "sentence-transformers/all-MiniLM-L6-v2"
 
+    def backbone_lr_scale(self, module):
+        return 0.03  # 3e-5 at lr=1e-3: the range transformers are tuned in
+
     def matches(self, module):
         if isinstance(module, HFEncoder):
             return True
@@ -124,6 +127,39 @@ class HFFamily(Family):
             return block_of(name[len(prefix) :])
 
         return prefixed
+
+    def adapter_targets(self, module, kind):
+        base, prefix = _base_model(module)
+        path = None if base is None else layers_path(base)
+        if path is None:
+            return None
+        # The attention and feed-forward projections: the layers' linears
+        # (not the pooler, whose output the pooled features do not use).
+        inside = prefix + path + "."
+        linears = [
+            n
+            for n, m in module.named_modules()
+            if n.startswith(inside) and isinstance(m, nn.Linear)
+        ]
+        if kind != "ia3":
+            return linears, []
+        from peft.utils import (
+            TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD,
+        )
+        from peft.utils import (
+            TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TARGETS,
+        )
+
+        # (IA)^3 scales keys, values and the feed-forward activations: PEFT
+        # names them per architecture.
+        model_type = getattr(getattr(base, "config", None), "model_type", None)
+        if model_type not in TARGETS:
+            return linears, []
+
+        def named(suffixes) -> list[str]:
+            return [n for n in linears if any(n.endswith("." + s) for s in suffixes)]
+
+        return named(TARGETS[model_type]), named(FEEDFORWARD.get(model_type, ()))
 
     def plan_cut(self, backbone, static, blocks, order):
         if not isinstance(backbone, HFEncoder) or layers_path(backbone.model) is None:

@@ -23,6 +23,9 @@ class TimmFamily(Family):
     spec_prefix = "timm"
     spec_example = "resnet18"
 
+    def backbone_lr_scale(self, module):
+        return 0.1  # convolutional networks
+
     def matches(self, module):
         return loaded("timm") is not None and callable(
             getattr(module, "group_matcher", None)

@@ -33,6 +33,9 @@ class TorchvisionFamily(Family):
     spec_prefix = "torchvision"
     spec_example = "resnet18"
 
+    def backbone_lr_scale(self, module):
+        return 0.1  # convolutional networks
+
     def matches(self, module):
         return type(module).__module__.startswith("torchvision.")
 

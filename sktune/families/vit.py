@@ -56,6 +56,9 @@ class ViTFamily(Family):
     def matches(self, module):
         return vit_kind(module) is not None
 
+    def backbone_lr_scale(self, module):
+        return 0.03  # 3e-5 at lr=1e-3: the range transformers are tuned in
+
     def block_of(self, module):
         if vit_kind(module) == "timm":
             return timm_block_of(module) if loaded("timm") is not None else None

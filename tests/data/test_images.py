@@ -17,16 +17,14 @@ from sktune.data import ImagePreprocess
 def test_uint8_images_are_converted_per_batch(images):
     X, y = images
     X8 = np.round(X[:, 0] * 255).astype(np.uint8)  # N x H x W grayscale
-    clf = FineTuneClassifier(
-        tiny_cnn(), freeze=1, lr=3e-3, max_epochs=10, random_state=0
-    )
+    # A random-init CNN learns from scratch: the backbone at the head's rate.
+    params = dict(freeze=1, lr=3e-3, backbone_lr=3e-3, max_epochs=10, random_state=0)
+    clf = FineTuneClassifier(tiny_cnn(), **params)
     clf.fit(X8, y)
     assert clf.score(X8, y) > 0.8
     # The same images as floats in [0, 1], N x C x H x W, give the same model.
     floats = torch.as_tensor(X8).float().div(255).unsqueeze(1).numpy()
-    as_float = FineTuneClassifier(
-        tiny_cnn(), freeze=1, lr=3e-3, max_epochs=10, random_state=0
-    )
+    as_float = FineTuneClassifier(tiny_cnn(), **params)
     np.testing.assert_allclose(
         as_float.fit(floats, y).predict_proba(floats), clf.predict_proba(X8), atol=1e-5
     )
@@ -122,7 +120,7 @@ def test_a_backbone_that_fails_channels_last_falls_back_under_auto(images):
     with torch.random.fork_rng():
         torch.manual_seed(0)
         backbone = FlattensWithView()
-    clf = make(backbone, freeze=0).fit(X, y)
+    clf = make(backbone, freeze=0, backbone_lr=3e-3).fit(X, y)
     assert not clf.module_.channels_last
     # The failed check put the weights back in the default layout.
     weights = conv_weights(clf.module_.backbone)
