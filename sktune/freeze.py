@@ -4,8 +4,14 @@ A policy is resolved against a backbone's block map (:mod:`sktune.blocks`)
 into a :class:`FreezePlan`; the plan is applied with plain functions on an
 ``nn.Module``. Frozen parameters get ``requires_grad=False`` (so they get no
 gradient and stay out of the optimizer) and frozen modules run in eval mode
-while the rest trains: dropout is off there and BatchNorm running statistics
-stay untouched, unless ``train_bn=True``.
+while the rest trains: dropout is off there.
+
+BatchNorm layers run in eval mode everywhere by default, in trainable blocks
+too: their running statistics stay the pretrained ones while their affine
+parameters train with their block (Keras's advice for fine-tuning; on 244
+ant/bee photos it turned EfficientNet-Lite0's full fine-tune from below its
+linear probe to above it, ``benchmarks/recipes.py``). ``train_bn=True`` lets
+every BatchNorm layer train, statistics included, in frozen blocks too.
 """
 
 from __future__ import annotations
@@ -54,8 +60,10 @@ class Freeze(BaseEstimator):
     depth : None, int, float, "all" or list of str, default=0
         What to freeze: see the ``freeze`` parameter of the estimators.
     train_bn : bool, default=False
-        If True, BatchNorm layers inside frozen blocks keep training: their
-        affine parameters get gradients and their running statistics update.
+        False: every BatchNorm layer keeps its pretrained running statistics
+        (eval mode); its affine parameters train where its block trains.
+        True: every BatchNorm layer trains, statistics included, also inside
+        frozen blocks.
     train_bias : bool, default=False
         BitFit (Ben Zaken et al. 2022): the bias terms inside frozen blocks
         train too (the blocks stay in eval mode).
@@ -178,6 +186,15 @@ def plan_freeze(
         eval_modules = _descendants(module, roots, train_bn)
     if train_bn:
         frozen -= _batchnorm_params(module)
+    else:
+        eval_modules = tuple(
+            dict.fromkeys(
+                (
+                    *eval_modules,
+                    *(n for n, m in module.named_modules() if _is_batchnorm(m)),
+                )
+            )
+        )
     if train_bias:
         frozen = {n for n in frozen if n.rsplit(".", 1)[-1] != "bias"}
     return FreezePlan(frozenset(frozen), eval_modules, depth)
@@ -205,9 +222,7 @@ def with_adapters(
 
     What trains: the adapter parameters the plan leaves trainable (adapters
     in frozen blocks stay frozen), and the biases (``train_bias``) and
-    BatchNorm parameters (``train_bn``) it leaves trainable. BatchNorm
-    layers run in eval mode unless ``train_bn``: their weights are frozen,
-    so their statistics stay too.
+    BatchNorm parameters (``train_bn``) it leaves trainable.
     """
     policy = options(freeze)
     names = {n for n, _ in module.named_parameters()}
@@ -217,14 +232,7 @@ def with_adapters(
         keep |= {n for n in trainable if n.rsplit(".", 1)[-1] == "bias"}
     if policy.train_bn:
         keep |= trainable & _batchnorm_params(module)
-    eval_modules = dict.fromkeys(plan.eval_modules)
-    if not policy.train_bn:
-        eval_modules.update(
-            (n, None) for n, m in module.named_modules() if _is_batchnorm(m)
-        )
-    return FreezePlan(
-        frozenset(names - keep), tuple(eval_modules), plan.n_frozen_blocks
-    )
+    return FreezePlan(frozenset(names - keep), plan.eval_modules, plan.n_frozen_blocks)
 
 
 def apply_freeze(module: nn.Module, plan: FreezePlan) -> None:

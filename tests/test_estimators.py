@@ -138,18 +138,22 @@ def test_frozen_blocks_and_batchnorm_are_untouched_by_training(images):
         for name, value in pristine.state_dict().items():
             if name.startswith(prefix):
                 assert torch.equal(value, net.state_dict()[name]), name
-    # The trainable stage did train, BatchNorm statistics included.
-    assert not torch.equal(pristine.stage2[1].running_mean, net.stage2[1].running_mean)
+    # The trainable stage did train; its BatchNorm kept the pretrained
+    # statistics while its affine parameters trained.
     assert not torch.equal(pristine.stage2[0].weight, net.stage2[0].weight)
+    assert not torch.equal(pristine.stage2[1].weight, net.stage2[1].weight)
+    assert torch.equal(pristine.stage2[1].running_mean, net.stage2[1].running_mean)
 
 
-def test_train_bn_keeps_batchnorm_of_frozen_blocks_training(images):
+def test_train_bn_lets_every_batchnorm_train_frozen_blocks_included(images):
     X, y = images
     clf = make_clf(tiny_cnn(), freeze=Freeze(depth=2, train_bn=True), max_epochs=2)
     clf.fit(X, y)
     pristine, net = tiny_cnn(), clf.module_.backbone
     assert torch.equal(pristine.stem[0].weight, net.stem[0].weight)
-    assert not torch.equal(pristine.stem[1].running_mean, net.stem[1].running_mean)
+    for bn in ("stem.1", "stage2.1"):
+        before = pristine.get_submodule(bn).running_mean
+        assert not torch.equal(before, net.get_submodule(bn).running_mean), bn
     assert net.stem[1].weight.requires_grad
 
 
@@ -360,8 +364,15 @@ def test_regressor_1d_and_2d_targets(blobs):
 
 def test_image_backbone_with_feature_maps(images):
     X, y = images
-    # Random weights learn from scratch: the backbone at the head's rate.
-    clf = make_clf(tiny_cnn(), freeze=1, max_epochs=10, lr=3e-3, backbone_lr=3e-3)
+    # Random weights learn from scratch: the backbone at the head's rate,
+    # its BatchNorm statistics learned too.
+    clf = make_clf(
+        tiny_cnn(),
+        freeze=Freeze(1, train_bn=True),
+        max_epochs=10,
+        lr=3e-3,
+        backbone_lr=3e-3,
+    )
     clf.fit(X, y)
     assert clf.n_blocks_ == 3
     assert clf.n_features_in_ == 1

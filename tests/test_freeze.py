@@ -75,6 +75,17 @@ def test_frozen_modules_stay_in_eval_mode_and_train_bn_exempts_batchnorm():
     assert module.stage1[1].training
 
 
+def test_batchnorm_keeps_its_statistics_by_default_even_where_it_trains():
+    module = tiny_cnn()
+    plan = plan_freeze(module, cnn_blocks(module), 1)
+    apply_freeze(module, plan)
+    FineTuneNetwork(module, nn.Identity(), plan).train()
+    assert module.stage1[0].training and module.stage1[0].weight.requires_grad
+    assert not module.stage1[1].training  # eval: pretrained statistics
+    assert module.stage1[1].weight.requires_grad  # its scale and shift train
+    assert not module.stem[1].weight.requires_grad
+
+
 def test_freeze_object_is_a_nested_hyperparameter():
     freeze = Freeze(depth=2)
     assert freeze.set_params(depth=3).depth == 3

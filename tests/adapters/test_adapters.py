@@ -183,3 +183,38 @@ def test_bad_adapters_are_reported(blobs, adapter, kwargs, message):
     X, y = blobs
     with pytest.raises(ValueError, match=message):
         make_classifier(adapter=adapter, max_epochs=1, **kwargs).fit(X, y)
+
+
+def test_the_frozen_prefix_of_an_adapted_encoder_runs_once_per_sample(
+    tiny_bert, reviews
+):
+    texts, labels = reviews
+    seen = []
+    hook = tiny_bert.module().model.embeddings.register_forward_hook(
+        lambda module, args, out: seen.append(len(out))
+    )  # copied into each fit's training copy with the module
+    try:
+        clf = fit_text(tiny_bert, reviews, adapter="lora", freeze=2, max_epochs=4)
+    finally:
+        hook.remove()
+    # One pass over the texts, a handful of probe samples: not four epochs.
+    assert len(texts) <= sum(seen) <= len(texts) + 8
+    assert clf.score(texts, labels) > 0.6
+
+
+@pytest.mark.parametrize(
+    ("spec", "adapted", "left_out"),
+    [
+        ("torchvision:resnet18", ["conv1", "layer1.0.conv1", "layer4.1.conv2"], []),
+        # Depthwise convolutions are left out; the pointwise ones adapted.
+        ("torchvision:mobilenet_v3_small", ["features.1.block.2.0"], ["features.1.block.0.0"]),
+    ],
+)
+def test_lora_adapts_the_convolutions_of_real_cnns(spec, adapted, left_out):
+    rng = np.random.RandomState(0)
+    X = rng.randint(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
+    clf = FineTuneClassifier(
+        Backbone(spec, pretrained=False), adapter="lora", max_epochs=1, batch_size=4
+    ).fit(X, np.arange(8) % 2)
+    assert set(adapted) <= set(clf.adapted_modules_)
+    assert not set(left_out) & set(clf.adapted_modules_)

@@ -9,7 +9,7 @@ from helpers import (
 )
 from torch import nn
 
-from sktune import FineTuneClassifier
+from sktune import FineTuneClassifier, Freeze
 from sktune.cache import STORE
 from sktune.data import ImagePreprocess
 
@@ -17,8 +17,15 @@ from sktune.data import ImagePreprocess
 def test_uint8_images_are_converted_per_batch(images):
     X, y = images
     X8 = np.round(X[:, 0] * 255).astype(np.uint8)  # N x H x W grayscale
-    # A random-init CNN learns from scratch: the backbone at the head's rate.
-    params = dict(freeze=1, lr=3e-3, backbone_lr=3e-3, max_epochs=10, random_state=0)
+    # A random-init CNN learns from scratch: the backbone at the head's rate,
+    # its BatchNorm statistics learned too.
+    params = dict(
+        freeze=Freeze(1, train_bn=True),
+        lr=3e-3,
+        backbone_lr=3e-3,
+        max_epochs=10,
+        random_state=0,
+    )
     clf = FineTuneClassifier(tiny_cnn(), **params)
     clf.fit(X8, y)
     assert clf.score(X8, y) > 0.8

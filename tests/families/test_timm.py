@@ -9,7 +9,7 @@ from helpers import (
 from torch import nn
 
 from sktune.blocks import block_map
-from sktune.freeze import plan_freeze
+from sktune.freeze import apply_freeze, plan_freeze
 from sktune.network import FineTuneNetwork
 
 timm = pytest.importorskip("timm")
@@ -36,10 +36,13 @@ def test_timm_resnet_blocks_follow_group_matcher(timm_resnet):
 
 def test_timm_frozen_batchnorm_runs_in_eval(timm_resnet):
     plan = plan_freeze(timm_resnet, block_map(timm_resnet), 2)
+    apply_freeze(timm_resnet, plan)
     FineTuneNetwork(timm_resnet, nn.Identity(), plan).train()
     assert not timm_resnet.bn1.training
     assert not timm_resnet.layer1[0].bn1.training
-    assert timm_resnet.layer2[0].bn1.training
+    assert timm_resnet.layer2[0].conv1.training
+    assert not timm_resnet.layer2[0].bn1.training  # pretrained statistics kept
+    assert timm_resnet.layer2[0].bn1.weight.requires_grad
 
 
 def test_timm_classifier_is_in_no_block():
