@@ -207,7 +207,11 @@ def test_the_frozen_prefix_of_an_adapted_encoder_runs_once_per_sample(
     [
         ("torchvision:resnet18", ["conv1", "layer1.0.conv1", "layer4.1.conv2"], []),
         # Depthwise convolutions are left out; the pointwise ones adapted.
-        ("torchvision:mobilenet_v3_small", ["features.1.block.2.0"], ["features.1.block.0.0"]),
+        (
+            "torchvision:mobilenet_v3_small",
+            ["features.1.block.2.0"],
+            ["features.1.block.0.0"],
+        ),
     ],
 )
 def test_lora_adapts_the_convolutions_of_real_cnns(spec, adapted, left_out):
