@@ -31,6 +31,7 @@ import copy
 import os
 import threading
 from collections.abc import Mapping
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ from sklearn.base import clone
 from skorch.dataset import Dataset as SkorchDataset
 from skorch.dataset import unpack_data
 from skorch.exceptions import NotInitializedError
-from skorch.utils import to_device
+from skorch.utils import TeeGenerator, to_device
 from torch.utils.data import Dataset, Subset
 
 from ._builder import build_network
@@ -54,6 +55,7 @@ from .data.inputs import check_fit_data, check_predict_data
 from .data.text import TextCollator, TextDataset, mean_tokens, token_lengths
 from .families import family_of
 from .freeze import apply_freeze, options
+from .runtime import compute_dtype, grad_scaler, resolve_device
 from .schedules import (
     WarmupDecay,
     block_rates,
@@ -116,6 +118,7 @@ class FineTuneMixin:
         cache_size=1024,
         cache_dtype=None,
         channels_last="auto",
+        precision="32",
         criterion,
         optimizer=torch.optim.AdamW,
         lr=1e-3,
@@ -143,6 +146,7 @@ class FineTuneMixin:
         self.cache_size = cache_size
         self.cache_dtype = cache_dtype
         self.channels_last = channels_last
+        self.precision = precision
         self.backbone_lr = backbone_lr
         self.layer_decay = layer_decay
         self.lr_schedule = lr_schedule
@@ -279,7 +283,48 @@ class FineTuneMixin:
         reset = not getattr(self, "initialized_", False)
         return self._fit(X, y, reset=reset, classes=classes, **fit_params)
 
+    @contextmanager
+    def _on_device(self):
+        """Inside, ``device`` is the resolved device (``"auto"``: CUDA if any).
+
+        skorch moves modules and batches to ``self.device`` in several
+        places; "auto" is resolved for the length of a call and given back.
+        """
+        if self.__dict__.get("device") != "auto":
+            yield
+            return
+        self.__dict__["device"] = resolve_device("auto")
+        try:
+            yield
+        finally:
+            self.__dict__["device"] = "auto"
+
+    def initialize(self):
+        """Initialize skorch's components, the network from the fitted input."""
+        with self._on_device():
+            return super().initialize()
+
+    def initialize_optimizer(self, *args, **kwargs):
+        super().initialize_optimizer(*args, **kwargs)
+        self._scaler = grad_scaler(self.precision, self.device)
+        return self
+
+    def __setstate__(self, state):
+        # skorch maps the pickled tensors to the pickled device; "auto" is
+        # this machine's device (a model fitted on a GPU loads on a CPU).
+        auto = state.get("device") == "auto"
+        if auto:
+            state = {**state, "device": resolve_device("auto")}
+        super().__setstate__(state)
+        if auto:
+            self.__dict__["device_"] = self.__dict__["device"]
+            self.__dict__["device"] = "auto"
+
     def _fit(self, X, y, *, reset: bool, classes=None, **fit_params):
+        with self._on_device():
+            return self._fit_on_device(X, y, reset=reset, classes=classes, **fit_params)
+
+    def _fit_on_device(self, X, y, *, reset: bool, classes=None, **fit_params):
         validate_params(self)
         seeds = fit_seeds(self.random_state, self.n_restarts if reset else 1)
         cuda = torch.cuda.is_available() and "cuda" in str(self.device)
@@ -413,8 +458,10 @@ class FineTuneMixin:
             cache_size=self.cache_size,
             cache_dtype=self.cache_dtype,
             device=self.device,
+            precision=compute_dtype(self.precision),
         )
         self.module_ = built.network
+        self.device_ = self.device
         self.blocks_ = built.blocks
         self.n_blocks_ = len(built.blocks)
         self.tokenizer_ = built.tokenizer
@@ -452,7 +499,7 @@ class FineTuneMixin:
         return cache.why_not(
             _len(X),
             custom_data=custom,
-            tokens_per_sample=mean_tokens(X, self._collator) if ragged else None,
+            tokens_per_sample=_mean_tokens(X, self._collator) if ragged else None,
         )
 
     def _data(self, X, y, *, training: bool):
@@ -530,6 +577,7 @@ class FineTuneMixin:
             block_rates(self.n_blocks_, backbone_lr, self.layer_decay),
             backbone_lr,
             patterns,
+            lr=kwargs["lr"],
         )
         return (groups,), kwargs
 
@@ -547,6 +595,8 @@ class FineTuneMixin:
     @property
     def _default_callbacks(self):
         callbacks = list(super()._default_callbacks)
+        if self.lr_schedule is None:
+            return callbacks  # one callback less to notify every batch
         at = next(
             (i for i, (name, _) in enumerate(callbacks) if name == "print_log"),
             len(callbacks),
@@ -606,31 +656,70 @@ class FineTuneMixin:
         return LengthGroupedSampler(batch_size, lengths=lengths)
 
     def train_step_single(self, batch, **fit_params):
-        step = super().train_step_single(batch, **fit_params)
-        # Raise before the optimizer applies this step: the weights stay those
-        # of the last finite step, and the estimator stays usable.
-        loss = step["loss"].detach()
-        # The optimizer's own parameter list: walking the whole module's
-        # named parameters every batch cost 17% of a cached probe's fit.
-        grads = [
-            p.grad
-            for group in self.optimizer_.param_groups
-            for p in group["params"]
-            if p.grad is not None
-        ]
-        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-            what = (
-                f"loss is {loss.item()}"
-                if not torch.isfinite(loss)
-                else "gradient is not finite"
-            )
-            raise FloatingPointError(
-                f"Training diverged at epoch {len(self.history_)}, batch "
-                f"{len(self.history_[-1]['batches'])}: the {what}. The estimator keeps "
-                f"the weights of the last finite step; try a lower learning rate than "
-                f"lr={self.lr}."
-            )
+        # skorch's, with the loss scaled for float16 and a divergence guard.
+        self._set_training(True)
+        Xi, yi = unpack_data(batch)
+        y_pred = self.infer(Xi, **fit_params)
+        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        scaler = getattr(self, "_scaler", None)
+        if scaler is None:
+            loss.backward()
+        else:
+            scaler.scale(loss).backward()
+            scaler.unscale_(self.optimizer_)  # callbacks see true gradients
+        self._check_finite(loss.detach(), scaled=scaler is not None)
+        return {"loss": loss, "y_pred": y_pred}
+
+    def _check_finite(self, loss, *, scaled: bool) -> None:
+        """Raise before the optimizer applies a non-finite step.
+
+        The weights stay those of the last finite step, and the estimator
+        usable. With float16 gradient scaling, an overflowing gradient is
+        the scaler's business (it skips the step and lowers the scale); only
+        the loss is checked.
+        """
+        grads = (
+            []
+            if scaled
+            else [
+                # The optimizer's own parameter list: walking the whole
+                # module's parameters every batch cost 17% of a cached probe.
+                p.grad
+                for group in self.optimizer_.param_groups
+                for p in group["params"]
+                if p.grad is not None
+            ]
+        )
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else 0.0
+        if torch.isfinite(loss + grad_norm):  # one check (one sync), usually
+            return
+        what = (
+            f"loss is {loss.item()}"
+            if not torch.isfinite(loss)
+            else "gradient is not finite"
+        )
+        raise FloatingPointError(
+            f"Training diverged at epoch {len(self.history_)}, batch "
+            f"{len(self.history_[-1]['batches'])}: the {what}. The estimator keeps "
+            f"the weights of the last finite step; try a lower learning rate than "
+            f"lr={self.lr}."
+        )
+
+    def train_step(self, batch, **fit_params):
+        scaler = getattr(self, "_scaler", None)
+        if scaler is None:
+            return super().train_step(batch, **fit_params)
+        # GradScaler steps the optimizer itself (no closure).
+        self._zero_grad_optimizer()
+        step = self.train_step_single(batch, **fit_params)
+        self.notify(
+            "on_grad_computed",
+            named_parameters=TeeGenerator(self.get_all_learnable_params()),
+            batch=batch,
+            training=True,
+        )
+        scaler.step(self.optimizer_)
+        scaler.update()
         return step
 
     def save_params(
@@ -696,8 +785,9 @@ class FineTuneMixin:
 
     def _forward_numpy(self, X) -> np.ndarray:
         """Raw head outputs for validated ``X``, one row per sample."""
-        data = X if isinstance(X, Dataset) else self._data(X, None, training=False)
-        return super().predict_proba(data)
+        with self._on_device():
+            data = X if isinstance(X, Dataset) else self._data(X, None, training=False)
+            return super().predict_proba(data)
 
     def embed(self, X) -> np.ndarray:
         """The pooled backbone features of ``X``: what the head sees.
@@ -716,14 +806,15 @@ class FineTuneMixin:
         """
         X = self._check_predict_X(X)
         cache = self.prefix_cache_
-        if (
-            isinstance(cache.split, WholeSplit)
-            and self._cache_reason(X, training=False) is None
-        ):
-            rows = cache.outputs(X, self._prefix_batches)
-            return rows.to(cache.row_dtype).numpy()
-        outputs = [out.cpu() for out, _ in self._run_batches(X, self.module_.features)]
-        return torch.cat(outputs).numpy()
+        with self._on_device():
+            if (
+                isinstance(cache.split, WholeSplit)
+                and self._cache_reason(X, training=False) is None
+            ):
+                rows = cache.outputs(X, self._prefix_batches)
+                return rows.to(cache.row_dtype).float().numpy()
+            batches = self._run_batches(X, self.module_.features)
+            return torch.cat([out.cpu().float() for out, _ in batches]).numpy()
 
     def _pad(self, xb):
         """Pad a short batch to the inference batch size (see evaluation_step).
@@ -845,3 +936,11 @@ def _len(X) -> int:
     if isinstance(X, Mapping):
         return _len(next(iter(X.values())))
     return len(X)
+
+
+def _mean_tokens(X, collator) -> float | None:
+    """The mean token count of texts, or of tokenized input's attention mask."""
+    if isinstance(X, Mapping):
+        mask = X.get("attention_mask")
+        return None if mask is None else float(mask.sum(1).float().mean())
+    return mean_tokens(X, collator)

@@ -113,6 +113,7 @@ def build_network(
     cache_size,
     cache_dtype,
     device,
+    precision=None,
 ) -> Built:
     """Build the network for input like ``fitted``, validated parameters given.
 
@@ -129,6 +130,8 @@ cache, cache_size, cache_dtype
         The estimator's parameters of those names, validated.
     device : str, torch.device or None
         Where the network trains (None: where the backbone is).
+    precision : torch.dtype, optional
+        The backbone's autocast dtype (None: float32).
 
     Raises
     ------
@@ -165,7 +168,14 @@ cache, cache_size, cache_dtype
     if device is not None:
         head_module.to(device)
     network = FineTuneNetwork(
-        backbone, head_module, plans[depth], preprocess, pooling, None, layout
+        backbone,
+        head_module,
+        plans[depth],
+        preprocess,
+        pooling,
+        None,
+        layout,
+        precision,
     )
     info = {"enabled": False, "reason": None, "computed": 0, "reused": 0}
     stages = {}
@@ -386,16 +396,19 @@ def _plan_cut(network, plan: FreezePlan, blocks, order, example, tokenizer, feat
 def _verify_cut(split: Split, network: FineTuneNetwork, example):
     """Prefix, rows, gathered batch, suffix: must reproduce the features."""
     args, kwargs = ((), example) if isinstance(example, Mapping) else ((example,), {})
+    previous, network.split = network.split, split
     with torch.no_grad(), eval_mode(network):
         try:
-            outputs = split.prefix(network, *args, **kwargs)
+            outputs = network.prefix(*args, **kwargs)
             rows = split.rows(outputs, example)
             held = split.stack(rows)
-            chained = split.suffix(
-                network, split.gather(held, range(len(rows)), outputs.dtype)
+            chained = network.suffix(
+                split.gather(held, range(len(rows)), outputs.dtype)
             )
         except Exception as exc:  # any failure means "cannot split here"
             return NoCache(f"{split.what} fails ({type(exc).__name__}: {exc})"), None
+        finally:
+            network.split = previous
         direct = network.features(*args, **kwargs)
     rtol, atol = split.tolerance
     if not same_output(chained, direct, rtol=rtol, atol=atol):
@@ -426,6 +439,7 @@ def _cache_key(
         ),
         pooling=network.pooling,
         channels_last=network.channels_last,
+        precision=str(network.precision),
         dtype=str(storage_dtype(cache_dtype) or row.dtype),
         max_length=max_length,
     )

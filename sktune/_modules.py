@@ -63,4 +63,6 @@ def module_name(root: nn.Module, target: nn.Module) -> str | None:
 
 def same_output(a: torch.Tensor, b: torch.Tensor, *, rtol: float, atol: float) -> bool:
     """Whether two outputs agree in shape and, to the tolerances, in value."""
-    return a.shape == b.shape and torch.allclose(a, b, rtol=rtol, atol=atol)
+    return a.shape == b.shape and torch.allclose(
+        a.float(), b.float(), rtol=rtol, atol=atol
+    )

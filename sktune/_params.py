@@ -26,6 +26,7 @@ from .cache.prefix import CACHE_DTYPE_ACCEPTED, is_cache_dtype
 from .data.images import IMAGE_SIZE_ACCEPTED, is_image_size
 from .freeze import FREEZE_ACCEPTED, Freeze, is_policy
 from .heads import HEAD_ACCEPTED, POOLINGS, head_hint, is_head
+from .runtime import PRECISIONS
 from .schedules import LR_SCHEDULE_ACCEPTED, LRSchedule
 
 __all__ = [
@@ -140,6 +141,10 @@ CONSTRAINTS: dict[str, Constraint] = {
         ),
     ),
     "n_restarts": Constraint("a positive int", lambda v: _int(v, 1)),
+    "precision": Constraint(
+        f"one of {list(PRECISIONS)} (float32, bfloat16 or float16 autocast)",
+        lambda v: isinstance(v, str) and v in PRECISIONS,
+    ),
     "restart_epochs": Constraint("a positive int", lambda v: _int(v, 1)),
 }
 

@@ -97,6 +97,13 @@ _COMMON_PARAMS = """
         backbone has 2-D convolutions and runs correctly in that layout on a
         probe sample; True raises if it cannot; False never. Resolved when the
         network is built (``fit``, or the first ``partial_fit``).
+    precision : "32", "bf16" or "16", default="32"
+        Run the backbone's forward and backward under ``torch.autocast`` at
+        bfloat16 or float16 (float16 gradients scaled by torch's
+        ``GradScaler``); the head and the loss stay in float32, and the
+        frozen-prefix cache stores at the compute precision unless
+        ``cache_dtype`` says otherwise. Fast on GPUs with tensor cores; on a
+        CPU it works, but slowly.
     criterion : torch criterion class, default={criterion}
     optimizer : torch optimizer class, default=torch.optim.AdamW
     lr : float, default=1e-3
@@ -136,7 +143,8 @@ _COMMON_PARAMS = """
     verbose : int, default=0
         1 prints skorch's per-epoch table.
     **kwargs
-        Any other skorch parameter (``device``, ``callbacks``,
+        Any other skorch parameter (``device``: also ``"auto"``, CUDA where
+        available, else the CPU; ``callbacks``,
         ``iterator_train__*``, ``optimizer__*``, ...). Training batches are
         shuffled unless ``iterator_train__shuffle=False``.
 """
@@ -156,6 +164,8 @@ _COMMON_ATTRIBUTES = """
         Column names, when X was a DataFrame with string column names.
     history_ : skorch History
         Per-epoch and per-batch training records.
+    device_ : str or torch.device
+        The device the network trained on (``device="auto"`` resolved).
     adapted_modules_ : list of str
         The backbone modules that carry adapters.
     backbone_lr_ : float

@@ -8,6 +8,7 @@ from torch import nn
 from .cache.split import Split
 from .freeze import FreezePlan, frozen_modules
 from .heads import pool_features
+from .runtime import autocast
 
 __all__ = ["FineTuneNetwork"]
 
@@ -32,6 +33,9 @@ class FineTuneNetwork(nn.Module):
     channels_last : bool, default=False
         Feed 4-D image tensors to the backbone in channels-last memory layout
         (the backbone's own weights must have been converted likewise).
+    precision : torch.dtype, optional
+        Run the backbone under autocast at this dtype (bfloat16 or float16);
+        the head always runs in float32.
 
     Notes
     -----
@@ -49,6 +53,7 @@ class FineTuneNetwork(nn.Module):
         pooling: str | None = None,
         split: Split | None = None,
         channels_last: bool = False,
+        precision: torch.dtype | None = None,
     ):
         super().__init__()
         self.preprocess = preprocess
@@ -58,6 +63,7 @@ class FineTuneNetwork(nn.Module):
         self.pooling = pooling
         self.split = split
         self.channels_last = channels_last
+        self.precision = precision
 
     def train(self, mode: bool = True):
         # skorch calls train() before every training batch: when training mode
@@ -100,17 +106,32 @@ class FineTuneNetwork(nn.Module):
                 "the input X only (sample_weight is not supported)."
             )
         if cached is not None:
-            return self.head(self.split.suffix(self, cached))
-        return self.head(self.features(X, **inputs))
+            features = self.suffix(cached)
+        else:
+            features = self.features(X, **inputs)
+        return self.head(features.float())
 
     def features(self, X=None, **inputs) -> torch.Tensor:
         """The pooled backbone features that the head sees."""
-        out = self.backbone(**inputs) if X is None else self.backbone(self.input(X))
-        return pool_features(out, self.pooling)
+        with self._autocast():
+            out = self.backbone(**inputs) if X is None else self.backbone(self.input(X))
+            return pool_features(out, self.pooling)
 
     def prefix(self, X=None, **inputs) -> torch.Tensor:
         """The output of the frozen prefix: what the cache stores."""
-        return self.split.prefix(self, X, **inputs)
+        with self._autocast():
+            return self.split.prefix(self, X, **inputs)
+
+    def suffix(self, cached) -> torch.Tensor:
+        """The pooled features from a batch of cached prefix outputs."""
+        with self._autocast():
+            return self.split.suffix(self, cached)
+
+    def _autocast(self):
+        if self.precision is None:
+            return autocast("cpu", None)
+        device = next(self.head.parameters(), torch.empty(0)).device
+        return autocast(device.type, self.precision)
 
     def input(self, X) -> torch.Tensor:
         """Preprocessed tensor input, in the backbone's memory layout."""

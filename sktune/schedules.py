@@ -116,7 +116,7 @@ def block_rates(
 
 
 def param_groups(
-    named_params, block_of: dict[str, int], rates, backbone_lr, patterns=()
+    named_params, block_of: dict[str, int], rates, backbone_lr, patterns=(), lr=None
 ):
     """Optimizer parameter groups: the user's patterns first, then by rate.
 
@@ -134,6 +134,9 @@ def param_groups(
     patterns : list of (str, dict)
         skorch's ``optimizer__param_groups``: parameters whose name matches a
         pattern (fnmatch) go to that group with its options, as in skorch.
+    lr : float, optional
+        The optimizer's own rate (the head's): blocks at that rate share the
+        head's group (one group less for the optimizer to loop over).
 
     Returns
     -------
@@ -153,7 +156,7 @@ def param_groups(
         if name.startswith("backbone."):
             block = block_of.get(name[len("backbone.") :])
             rate = backbone_lr if block is None else rates[block]
-            by_rate.setdefault(rate, []).append(p)
+            (head if rate == lr else by_rate.setdefault(rate, [])).append(p)
     if head:
         groups.append({"params": head})
     groups += [{"params": ps, "lr": rate} for rate, ps in sorted(by_rate.items())]

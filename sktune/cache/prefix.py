@@ -70,6 +70,8 @@ class CacheKey:
     pooling : str or None
     channels_last : bool
         The memory layout (other kernels, other rounding).
+    precision : str
+        The compute precision (autocast dtype) of the prefix.
     dtype : str
         The storage precision.
     max_length : int or None
@@ -82,6 +84,7 @@ class CacheKey:
     preprocess: tuple | None
     pooling: str | None
     channels_last: bool
+    precision: str
     dtype: str
     max_length: int | None
 

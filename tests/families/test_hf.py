@@ -326,3 +326,17 @@ def test_half_precision_storage_of_text_token_states(tiny_encoder, reviews):
     stored = [row for rows in STORE._contexts.values() for row in rows.values()]
     assert stored and all(row.dtype == torch.float16 for row in stored)
     assert enc.score(texts, labels) > 0.6
+
+
+def test_tokenized_mappings_are_cut_like_texts(tiny_encoder, reviews):
+    texts, labels = reviews
+    tokenizer = tiny_encoder.tokenizer()
+    encoded = tokenizer(texts, padding=True, return_tensors="np")
+    mapping = {k: encoded[k] for k in ("input_ids", "attention_mask")}
+    params = dict(freeze=2, lr=1e-3, max_epochs=2, random_state=0)
+    on = FineTuneClassifier(tiny_encoder, **params).fit(mapping, labels)
+    off = FineTuneClassifier(tiny_encoder, cache=False, **params).fit(mapping, labels)
+    assert on.cache_info_["enabled"], on.cache_info_["reason"]
+    np.testing.assert_allclose(
+        on.predict_proba(mapping), off.predict_proba(mapping), atol=1e-4
+    )
