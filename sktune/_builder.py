@@ -347,12 +347,35 @@ def probe(backbone: nn.Module, preprocess, batch):
             features = pool_features(out)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise ValueError(
-            f"The backbone could not process an input of shape {shape} (one sample "
-            f"of X): {type(exc).__name__}: {exc}"
+            _first_layer_mismatch(backbone, shape)
+            or f"The backbone could not process an input of shape {shape} (one "
+            f"sample of X): {type(exc).__name__}: {exc}"
         ) from exc
     finally:
         remove()
     return features, order
+
+
+def _first_layer_mismatch(backbone: nn.Module, shape) -> str | None:
+    """Say so when X's width is not what the backbone's first layer takes."""
+    if not isinstance(shape, tuple) or len(shape) not in (2, 4):
+        return None
+    kinds = (nn.Linear,) if len(shape) == 2 else (nn.Conv2d,)
+    first = next(
+        ((n, m) for n, m in backbone.named_modules() if isinstance(m, kinds)), None
+    )
+    if first is None:
+        return None
+    name, layer = first
+    takes = layer.in_features if len(shape) == 2 else layer.in_channels
+    if takes == shape[1]:
+        return None
+    what = "features" if len(shape) == 2 else "channels (N x C x H x W)"
+    return (
+        f"X has {shape[1]} {what}, but the backbone's first layer ({name}: "
+        f"{layer}) takes {takes}: pass X with {takes} {what.split()[0]}, or a "
+        "backbone built for this data."
+    )
 
 
 def _plan_layout(setting, backbone, preprocess, example, features) -> bool:

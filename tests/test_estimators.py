@@ -512,7 +512,9 @@ def test_backbone_of_the_wrong_type():
 def test_input_the_backbone_cannot_process(blobs):
     X, y = blobs
     with pytest.raises(
-        ValueError, match=r"The backbone could not process an input of shape \(1, 5\)"
+        ValueError,
+        match=r"X has 5 features, but the backbone's first layer \(0: Linear\("
+        r"in_features=8, out_features=16, bias=True\)\) takes 8: pass X with 8",
     ):
         make_clf().fit(X[:, :5], y)
 
@@ -532,3 +534,14 @@ def test_initialize_without_data_explains_itself():
         NotInitializedError, match="sizes its head from the data; call fit"
     ):
         make_clf().initialize()
+
+
+def test_a_failure_past_the_first_layer_is_reported_as_it_is(blobs):
+    X, y = blobs
+    broken = nn.Sequential(nn.Linear(8, 4), nn.Linear(5, 2))  # 4 out, 5 in
+    with pytest.raises(
+        ValueError,
+        match=r"The backbone could not process an input of shape \(1, 8\) \(one "
+        r"sample of X\): RuntimeError: mat1 and mat2 shapes cannot be multiplied",
+    ):
+        make_clf(broken).fit(X, y)

@@ -136,7 +136,7 @@ BAD_INPUT = [
         "fit",
         (X8[:, :5], Y3),
         ValueError,
-        r"backbone could not process an input of shape \(1, 5\)",
+        r"X has 5 features, but the backbone's first layer \(0: Linear",
     ),
     (
         "gray-to-rgb",

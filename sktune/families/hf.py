@@ -434,12 +434,21 @@ def load_model(source: str, *, pretrained: bool = True, **kwargs) -> nn.Module:
     ``pretrained=False`` builds the architecture from its config with random
     weights. ``trust_remote_code`` stays False unless passed in ``kwargs``.
     Errors from transformers (missing files, no network) propagate.
+    transformers' progress bar of loading weights stays off: a fit, or a
+    results table, does not get a bar printed into its middle.
     """
     from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging
 
     kwargs = {"trust_remote_code": False, **kwargs}
     if pretrained:
-        return AutoModel.from_pretrained(source, **kwargs)
+        shown = logging.is_progress_bar_enabled()
+        logging.disable_progress_bar()
+        try:
+            return AutoModel.from_pretrained(source, **kwargs)
+        finally:
+            if shown:
+                logging.enable_progress_bar()
     config_kwargs = {k: kwargs.pop(k) for k in _SHARED_KWARGS if k in kwargs}
     config = AutoConfig.from_pretrained(source, **config_kwargs)
     return AutoModel.from_config(
