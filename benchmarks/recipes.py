@@ -46,7 +46,6 @@ def recipes(mid: int, n_blocks: int) -> list[tuple[str, dict]]:
             dict(freeze=Freeze(0, probe_epochs=1, unfreeze_every=1)),
         ),
         ("layer_decay=0.7", dict(layer_decay=0.7)),
-        ("lr_schedule='linear' (10% warmup)", dict(lr_schedule="linear")),
         (
             "restarts (n_restarts=3, restart_epochs=2)",
             dict(n_restarts=3, restart_epochs=2),

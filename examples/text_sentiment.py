@@ -9,7 +9,7 @@ regression on the frozen sentence embeddings:
   encoder runs once per sentence (the frozen-prefix cache), not once per epoch.
 - ``freeze=4``: the embeddings and the first three transformer layers stay
   frozen; the last three layers are fine-tuned together with the head (the
-  head at ``lr=1e-3``, the layers at ``backbone_lr="auto"``, 3e-5 here).
+  head at ``lr=1e-3``, the layers at ``backbone_lr="auto"``, 1e-5 here).
 - ``freeze=4, adapter="lora"``: the same layers get LoRA adapters instead,
   a small fraction of the parameters; every pretrained weight stays frozen.
 

@@ -112,11 +112,11 @@ _COMMON_PARAMS = """
     backbone_lr : "auto" or float, default="auto"
         The learning rate of the backbone's trainable block nearest the head
         (discriminative learning rates: a pretrained backbone moves far less
-        than a fresh head). "auto": ``0.03 * lr`` for Hugging Face encoders
-        and vision transformers (3e-5 at the default ``lr``, the range
-        transformers are fine-tuned in), ``0.1 * lr`` for convolutional
-        networks, ``lr`` for other modules; with an adapter, ``lr``: adapters
-        are fresh parameters, like the head.
+        than a fresh head). "auto": ``0.01 * lr`` for Hugging Face encoders
+        (1e-5 at the default ``lr``), ``0.03 * lr`` for vision transformers,
+        ``0.1 * lr`` for convolutional networks, ``lr`` for other modules;
+        with an adapter, ``lr``: adapters are fresh parameters, like the
+        head.
     layer_decay : None or float in (0, 1], default=None
         Layer-wise learning-rate decay: each block below the top trainable
         one trains at ``layer_decay`` times the rate of the block above it
