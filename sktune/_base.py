@@ -28,6 +28,7 @@ skorch hooks overridden, each for one reason:
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 import threading
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from sklearn.base import clone
+from skorch import NeuralNet
 from skorch.dataset import Dataset as SkorchDataset
 from skorch.dataset import unpack_data
 from skorch.exceptions import NotInitializedError
@@ -165,6 +167,29 @@ class FineTuneMixin:
         )
 
     # -- parameters ---------------------------------------------------------
+
+    def __repr__(self) -> str:
+        # scikit-learn's style (the parameters set away from their defaults)
+        # rather than skorch's (the module, which is None until fit); a
+        # module backbone shows as its class, not its whole printout.
+        defaults = {
+            name: p.default
+            for cls in reversed(type(self).__mro__)
+            if issubclass(cls, NeuralNet)
+            for name, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+        shown = []
+        for name, value in sorted(self.get_params(deep=False).items()):
+            if name in defaults and _same(value, defaults[name]):
+                continue
+            text = (
+                f"{type(value).__name__}(...)"
+                if isinstance(value, torch.nn.Module)
+                else getattr(value, "__name__", None) or repr(value)
+            )
+            shown.append(f"{name}={text}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     def __setattr__(self, name, value):
         # skorch registers any nn.Module assigned outside ``initialize_*`` as a
@@ -930,6 +955,16 @@ class FineTuneMixin:
         return describe_blocks(
             net.backbone, self.blocks_, net.head, net.plan.eval_modules
         )
+
+
+def _same(value, default) -> bool:
+    """Whether a parameter holds its default (``repr`` leaves it out)."""
+    if value is default:
+        return True
+    try:
+        return type(value) is type(default) and bool(value == default)
+    except Exception:  # arrays and the like: not the default
+        return False
 
 
 def _len(X) -> int:
