@@ -5,6 +5,7 @@ from .backbones import Backbone
 from .cache import clear_cache, set_cache_budget
 from .estimators import FineTuneClassifier, FineTuneRegressor
 from .freeze import Freeze
+from .plotting import plot_history, plot_search
 from .schedules import LRSchedule
 
 __all__ = [
@@ -15,6 +16,8 @@ __all__ = [
     "Freeze",
     "LRSchedule",
     "clear_cache",
+    "plot_history",
+    "plot_search",
     "set_cache_budget",
 ]
 __version__ = "0.1.0.dev0"
