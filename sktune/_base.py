@@ -28,7 +28,6 @@ skorch hooks overridden, each for one reason:
 from __future__ import annotations
 
 import copy
-import inspect
 import os
 import threading
 from collections.abc import Mapping
@@ -37,7 +36,6 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from sklearn.base import clone
-from skorch import NeuralNet
 from skorch.dataset import Dataset as SkorchDataset
 from skorch.dataset import unpack_data
 from skorch.exceptions import NotInitializedError
@@ -46,7 +44,7 @@ from torch.utils.data import Dataset, Subset
 
 from ._builder import build_network
 from ._modules import eval_mode
-from ._params import check_against_input, validate_params
+from ._params import check_against_input, is_default, param_defaults, validate_params
 from ._random import epoch_seed, fit_seeds, seeded
 from ._restarts import fit_restarts
 from .adapters.inject import merge
@@ -172,16 +170,10 @@ class FineTuneMixin:
         # scikit-learn's style (the parameters set away from their defaults)
         # rather than skorch's (the module, which is None until fit); a
         # module backbone shows as its class, not its whole printout.
-        defaults = {
-            name: p.default
-            for cls in reversed(type(self).__mro__)
-            if issubclass(cls, NeuralNet)
-            for name, p in inspect.signature(cls.__init__).parameters.items()
-            if p.default is not inspect.Parameter.empty
-        }
+        defaults = param_defaults(type(self))
         shown = []
         for name, value in sorted(self.get_params(deep=False).items()):
-            if name in defaults and _same(value, defaults[name]):
+            if name in defaults and is_default(value, defaults[name]):
                 continue
             text = (
                 f"{type(value).__name__}(...)"
@@ -932,6 +924,60 @@ class FineTuneMixin:
         self.module_.load_state_dict(state, strict=False)
         return self
 
+    def save_pretrained(self, directory) -> None:
+        """Write the fitted estimator to a directory, without pickle.
+
+        The directory holds ``sktune_config.json`` (the parameters, where
+        the backbone comes from and a fingerprint of its weights, the fitted
+        input spec and classes), ``model.safetensors`` (the trained part of
+        the network only: head, adapters, the blocks ``freeze`` left
+        trainable) and ``history.json``. The pretrained weights are not
+        copied: :meth:`from_pretrained` takes them from the backbone.
+        Parameters with no JSON form (callbacks, a head factory) are listed
+        in the config as not saved; pass them back to ``from_pretrained``.
+
+        Parameters
+        ----------
+        directory : str or path-like
+            Created if missing; files of an earlier save are replaced.
+
+        Examples
+        --------
+        >>> clf.save_pretrained("sentiment-model")  # doctest: +SKIP
+        >>> FineTuneClassifier.from_pretrained("sentiment-model")  # doctest: +SKIP
+        """
+        from .persistence import save
+
+        with self._on_device():
+            save(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory, backbone=None, **params):
+        """Rebuild an estimator written by :meth:`save_pretrained`.
+
+        Nothing is unpickled: the config is JSON (naming classes from
+        torch, skorch and sktune only), the weights are safetensors.
+
+        Parameters
+        ----------
+        directory : str or path-like
+        backbone : optional
+            The backbone, when the model was saved from a module (a module is
+            not stored with the model). By default the saved spec is loaded.
+            Either way its weights must match the fingerprint in the config.
+        **params
+            Parameters to set instead of the saved ones (``device="cuda"``,
+            or those the config lists as not saved).
+
+        Returns
+        -------
+        estimator
+            Fitted: it predicts as the saved estimator did.
+        """
+        from .persistence import load
+
+        return load(cls, directory, backbone=backbone, **params)
+
     # -- introspection ------------------------------------------------------
 
     def describe(self) -> str:
@@ -955,16 +1001,6 @@ class FineTuneMixin:
         return describe_blocks(
             net.backbone, self.blocks_, net.head, net.plan.eval_modules
         )
-
-
-def _same(value, default) -> bool:
-    """Whether a parameter holds its default (``repr`` leaves it out)."""
-    if value is default:
-        return True
-    try:
-        return type(value) is type(default) and bool(value == default)
-    except Exception:  # arrays and the like: not the default
-        return False
 
 
 def _len(X) -> int:

@@ -14,6 +14,7 @@ known.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -232,3 +233,26 @@ def check_against_input(estimator, kind: str) -> None:
             "group_by_length=True groups texts by their length, but X holds "
             f"{kind} data; use group_by_length=False."
         )
+
+
+def param_defaults(cls) -> dict:
+    """Each constructor parameter's default, skorch's and the estimator's own."""
+    from skorch import NeuralNet
+
+    return {
+        name: p.default
+        for klass in reversed(cls.__mro__)
+        if isinstance(klass, type) and issubclass(klass, NeuralNet)
+        for name, p in inspect.signature(klass.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+def is_default(value, default) -> bool:
+    """Whether a parameter holds its default (repr and configs leave it out)."""
+    if value is default:
+        return True
+    try:
+        return type(value) is type(default) and bool(value == default)
+    except Exception:  # arrays and the like: not the default
+        return False
