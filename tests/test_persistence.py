@@ -59,7 +59,7 @@ def test_module_backbone_round_trip(blobs, tmp_path):
 
 def test_regressor_with_dataframe_features(blobs, tmp_path):
     pd = pytest.importorskip("pandas")
-    X, y = blobs
+    X, _ = blobs
     frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(8)])
     reg = FineTuneRegressor(mlp_backbone(), max_epochs=2).fit(frame, X[:, :2])
     loaded = round_trip(reg, frame, tmp_path, backbone=mlp_backbone())
@@ -171,7 +171,7 @@ def test_module_backbone_must_be_passed_back_and_match(blobs, tmp_path):
         FineTuneClassifier.from_pretrained(tmp_path, backbone=other)
     with pytest.raises(ValueError, match="holds a FineTuneClassifier, not a"):
         FineTuneRegressor.from_pretrained(tmp_path, backbone=mlp_backbone())
-    with pytest.raises(FileNotFoundError, match="no sktune_config.json"):
+    with pytest.raises(FileNotFoundError, match=r"no sktune_config\.json"):
         FineTuneClassifier.from_pretrained(tmp_path / "nowhere")
 
 
