@@ -16,7 +16,9 @@ defaults must beat the linear probe. Run from the repository root:
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,11 +59,15 @@ def recipes(mid: int, n_blocks: int) -> list[tuple[str, dict]]:
     ]
 
 
-def trainable(clf) -> tuple[int, int]:
-    """Parameters that trained, and all of the network's."""
+def trainable(clf) -> tuple[int, int, float]:
+    """Parameters that trained, all of the network's, and the MB of the
+    weights file ``save_pretrained`` writes (the trained part only)."""
     named = dict(clf.module_.named_parameters())
     total = sum(p.numel() for p in named.values())
-    return sum(named[n].numel() for n in clf._trainable), total
+    with tempfile.TemporaryDirectory() as directory:
+        clf.save_pretrained(directory)
+        size = os.path.getsize(os.path.join(directory, "model.safetensors")) / 1e6
+    return sum(named[n].numel() for n in clf._trainable), total, size
 
 
 def images() -> list[tuple]:
@@ -100,6 +106,7 @@ def images() -> list[tuple]:
             (time.perf_counter() - start) / 3,
             None,
             None,
+            None,
         )
     )
     return rows
@@ -136,6 +143,7 @@ def text() -> list[tuple]:
             time.perf_counter() - start,
             None,
             None,
+            None,
         )
     )
     return rows
@@ -145,17 +153,18 @@ def table(title: str, rows) -> str:
     lines = [
         f"**{title}**",
         "",
-        "| recipe | accuracy | fit seconds | trainable parameters |",
-        "|---|---|---|---|",
+        "| recipe | accuracy | fit seconds | trainable parameters | saved MB |",
+        "|---|---|---|---|---|",
     ]
-    for name, mean, std, seconds, n_trained, n_total in rows:
+    for name, mean, std, seconds, n_trained, n_total, saved in rows:
         accuracy = f"{mean:.3f}" + (f" +/- {std:.3f}" if std is not None else "")
         params = (
             "-"
             if n_trained is None
             else f"{n_trained:,} ({100 * n_trained / n_total:.2f}%)"
         )
-        lines.append(f"| {name} | {accuracy} | {seconds:.1f} | {params} |")
+        size = "-" if saved is None else f"{saved:.2f}"
+        lines.append(f"| {name} | {accuracy} | {seconds:.1f} | {params} | {size} |")
     return "\n".join(lines)
 
 

@@ -55,6 +55,7 @@ from .data.inputs import check_fit_data, check_predict_data
 from .data.text import TextCollator, TextDataset, mean_tokens, token_lengths
 from .families import family_of
 from .freeze import apply_freeze, options
+from .progress import EpochTable, FitProgress, bar, shows_bar
 from .runtime import compute_dtype, grad_scaler, resolve_device
 from .schedules import (
     WarmupDecay,
@@ -130,7 +131,7 @@ class FineTuneMixin:
         restart_epochs=1,
         batch_size=32,
         train_split=None,
-        verbose=0,
+        verbose=1,
         **kwargs,
     ):
         self.backbone = backbone
@@ -415,6 +416,7 @@ class FineTuneMixin:
         train/validation split.
         """
         epochs = self.max_epochs if epochs is None else epochs
+        self.__dict__["_epochs_planned"] = epochs
         runs = phases(len(self.history_) + 1, epochs, self._frozen_at)
         self.__dict__["_split_indices"] = {} if len(runs) > 1 else None
         try:
@@ -524,17 +526,58 @@ class FineTuneMixin:
         cache = self.prefix_cache_
         reason = self._cache_reason(X, training=training)
         if training:
-            use = cache.start_fit(reason, print if self.verbose else None)
+            use = cache.start_fit(reason, print if self.verbose >= 2 else None)
+            if len(self.history_) == 0 and (
+                self.verbose >= 2 or shows_bar(self.verbose)
+            ):
+                print(self._summary(), flush=True)
         else:
             use = reason is None
         texts = isinstance(X, list)
         if use:
-            rows = cache.outputs(X, self._prefix_batches)
+            rows = cache.outputs(X, self._prefix_batches, progress=self._prefix_bar)
             lengths = TextDataset(X, None, self._collator).lengths if texts else None
             return cache.dataset(rows, y, lengths)
         if texts:
             return TextDataset(X, y, self._collator)
         return X
+
+    def _prefix_bar(self, batches):
+        return bar(
+            self.verbose, batches, desc="frozen prefix, once", unit="batch", delay=1
+        )
+
+    def _summary(self) -> str:
+        """One screen on what this fit trains, on which device, how fast."""
+        net = self.module_
+        total = sum(p.numel() for p in net.parameters())
+        trainable = sum(
+            p.numel() for n, p in net.named_parameters() if n in self._trainable
+        )
+        frozen = self._frozen_at(1)
+        schedule = f", then {self._depth} (schedule)" if frozen != self._depth else ""
+        cache = self.prefix_cache_.info
+        if cache.get("enabled"):
+            cached = "on: the frozen prefix runs once per sample"
+        else:
+            cached = f"off ({cache.get('reason')})"
+        backbone = self.backbone
+        source = backbone if isinstance(backbone, str) else type(backbone).__name__
+        return "\n".join(
+            [
+                f"{type(self).__name__} on {source}",
+                f"  blocks: {self.n_blocks_}, frozen {frozen}{schedule}"
+                + (
+                    f"; adapters in {len(self.adapted_modules_)} modules"
+                    if self.adapted_modules_
+                    else ""
+                ),
+                f"  parameters: {total:,}, trainable {trainable:,} "
+                f"({100 * trainable / max(total, 1):.1f}%)",
+                f"  cache: {cached}",
+                f"  device: {self.device}, precision {self.precision}",
+            ]
+        )
 
     def _prefix_batches(self, X):
         """(prefix outputs, inputs) per inference batch of ``X``."""
@@ -611,14 +654,19 @@ class FineTuneMixin:
 
     @property
     def _default_callbacks(self):
-        callbacks = list(super()._default_callbacks)
-        if self.lr_schedule is None:
-            return callbacks  # one callback less to notify every batch
+        # skorch's, the epoch table from verbose=2 on, a progress bar before
+        # it and, with a schedule, the schedule before both.
+        callbacks = [
+            (name, EpochTable() if name == "print_log" else cb)
+            for name, cb in super()._default_callbacks
+        ]
         at = next(
             (i for i, (name, _) in enumerate(callbacks) if name == "print_log"),
             len(callbacks),
         )
-        callbacks.insert(at, ("warmup_decay", WarmupDecay()))
+        callbacks.insert(at, ("progress", FitProgress()))
+        if self.lr_schedule is not None:
+            callbacks.insert(at, ("warmup_decay", WarmupDecay()))
         return callbacks
 
     def get_dataset(self, X, y=None):
@@ -654,7 +702,11 @@ class FineTuneMixin:
             collate = self._collator
         if collate is not None:
             kwargs.setdefault("collate_fn", collate)
-        return iterator(dataset, **kwargs)
+        loader = iterator(dataset, **kwargs)
+        if self.__dict__.get("_predicting"):
+            # A long prediction shows a bar (after a second, where watched).
+            return bar(self.verbose, loader, desc="predict", unit="batch", delay=1)
+        return loader
 
     def _length_sampler(self, dataset, batch_size):
         """Shuffled, then sorted by length within mega-batches of up to 50
@@ -804,7 +856,11 @@ class FineTuneMixin:
         """Raw head outputs for validated ``X``, one row per sample."""
         with self._on_device():
             data = X if isinstance(X, Dataset) else self._data(X, None, training=False)
-            return super().predict_proba(data)
+            self.__dict__["_predicting"] = True
+            try:
+                return super().predict_proba(data)
+            finally:
+                self.__dict__.pop("_predicting", None)
 
     def embed(self, X) -> np.ndarray:
         """The pooled backbone features of ``X``: what the head sees.

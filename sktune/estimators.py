@@ -140,8 +140,12 @@ _COMMON_PARAMS = """
     train_split : None or callable, default=None
         No validation split unless asked for, e.g. ``skorch.dataset.ValidSplit
         (0.1)`` together with ``callbacks=[skorch.callbacks.EarlyStopping()]``.
-    verbose : int, default=0
-        1 prints skorch's per-epoch table.
+    verbose : int, default=1
+        0: silent. 1: progress bars (fit, the cache's prefix pass, long
+        predictions) and a summary at the start of a fit, only where a
+        person is watching (a terminal or a notebook; never in pipes or CI
+        logs), removed when done. 2: also skorch's per-epoch table and why
+        the frozen-prefix cache is off, wherever the output goes.
     **kwargs
         Any other skorch parameter (``device``: also ``"auto"``, CUDA where
         available, else the CPU; ``callbacks``,

@@ -387,7 +387,7 @@ def test_defaults_suit_fine_tuning():
     assert clf.optimizer is torch.optim.AdamW
     assert clf.criterion is nn.CrossEntropyLoss
     assert clf.train_split is None
-    assert clf.lr == 1e-3 and clf.verbose == 0
+    assert clf.lr == 1e-3 and clf.verbose == 1
     assert "module" not in clf.get_params()
 
 

@@ -208,7 +208,7 @@ def test_cache_true_raises_when_impossible(blobs):
 
 def test_verbose_says_why_the_cache_is_off(blobs, capsys):
     X, y = blobs
-    make(freeze=0, verbose=1, max_epochs=1).fit(X, y)
+    make(freeze=0, verbose=2, max_epochs=1).fit(X, y)
     assert (
         "Frozen-prefix cache off: no frozen block at the input side."
         in capsys.readouterr().out

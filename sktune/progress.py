@@ -1,0 +1,103 @@
+"""What a fit shows while it runs: progress bars, the epoch table, a summary.
+
+``verbose`` decides:
+
+- 0: nothing at all;
+- 1 (the default): tqdm progress bars (``tqdm.auto``: a widget in a
+  notebook, a text bar in a terminal) over the fit's batches, the prefix
+  pass of the cache and long predictions, shown only where a person is
+  watching (tqdm's ``disable=None``: not in pipes or CI logs) and removed
+  when done (``leave=False``: a grid search does not pile them up); where a
+  bar shows, the fit starts with a one-screen summary;
+- 2 and up: also skorch's epoch table, the summary and why the cache is off,
+  wherever the output goes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from skorch.callbacks import Callback, PrintLog
+
+__all__ = ["EpochTable", "FitProgress", "bar", "shows_bar"]
+
+
+def bar(verbose, iterable: Iterable | None = None, **kwargs):
+    """A tqdm bar at ``verbose >= 1`` where a person watches, else a silent one."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        iterable,
+        disable=None if verbose and verbose >= 1 else True,
+        leave=False,
+        dynamic_ncols=True,
+        **kwargs,
+    )
+
+
+def shows_bar(verbose) -> bool:
+    """Whether a bar made now at ``verbose`` would be displayed."""
+    probe = bar(verbose, total=0, delay=float("inf"))  # never drawn
+    shown = not probe.disable
+    probe.close()
+    return shown
+
+
+class EpochTable(PrintLog):
+    """skorch's epoch table, printed from ``verbose=2`` on (1 shows bars)."""
+
+    def _sink(self, text, verbose):
+        super()._sink(text, verbose and verbose >= 2)
+
+
+class FitProgress(Callback):
+    """One bar over all training batches of a fit, with epoch and loss.
+
+    The bar opens at the first epoch, sized from the training set and the
+    epochs the fit plans (a freeze schedule's stages and a continued
+    restart share it), and closes at the end of the fit.
+    """
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        self._close()
+
+    def on_epoch_begin(self, net, dataset_train=None, **kwargs):
+        if getattr(self, "bar_", None) is not None:
+            return
+        self.bar_ = bar(net.verbose, unit="batch", desc=type(net).__name__)
+        if dataset_train is not None:
+            size = net.get_params_for("iterator_train").get(
+                "batch_size", net.batch_size
+            )
+            per_epoch = 1 if size == -1 else math.ceil(len(dataset_train) / size)
+            epochs = net.__dict__.get("_epochs_planned") or net.max_epochs
+            self.bar_.reset(total=per_epoch * epochs)
+
+    def on_batch_end(self, net, batch=None, training=False, **kwargs):
+        if training and getattr(self, "bar_", None) is not None:
+            self.bar_.update(1)
+
+    def on_epoch_end(self, net, **kwargs):
+        if getattr(self, "bar_", None) is None:
+            return
+        last = net.history[-1]
+        postfix = {"epoch": last["epoch"]}
+        for key in ("train_loss", "valid_loss", "valid_acc"):
+            if key in last:
+                postfix[key] = f"{last[key]:.4g}"
+        self.bar_.set_postfix(postfix)  # drawn once an epoch
+
+    def on_train_end(self, net, **kwargs):
+        self._close()
+
+    def _close(self):
+        bar_ = self.__dict__.pop("bar_", None)
+        if bar_ is not None:
+            bar_.close()
+
+    def __getstate__(self):
+        # A bar does not pickle; a fitted estimator carries none.
+        state = dict(self.__dict__)
+        state.pop("bar_", None)
+        return state
