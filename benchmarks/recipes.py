@@ -7,6 +7,7 @@ defaults must beat the linear probe. Run from the repository root:
 
     python benchmarks/recipes.py            # both models (about an hour on 2 cores)
     python benchmarks/recipes.py image      # one of them
+    python benchmarks/recipes.py image --only LP-FT --only LoRA   # some rows
 
 - EfficientNet-Lite0 (ImageNet weights) on the 244 ant/bee photos of
   ../shared/data at 64x64, 3-fold stratified cross-validation (mean, std);
@@ -16,6 +17,7 @@ defaults must beat the linear probe. Run from the repository root:
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -33,9 +35,11 @@ from common import ants_bees, efficientnet, minilm_spec, sentences
 
 from sktune import Backbone, FineTuneClassifier, Freeze, clear_cache
 
+ONLY: list[str] = []  # --only: rows whose name contains one of these
+
 
 def recipes(mid: int, n_blocks: int) -> list[tuple[str, dict]]:
-    return [
+    rows = [
         ("linear probe (freeze='all'), defaults", dict(freeze="all")),
         ("full fine-tune, defaults", dict()),
         (f"freeze={mid}", dict(freeze=mid)),
@@ -57,6 +61,7 @@ def recipes(mid: int, n_blocks: int) -> list[tuple[str, dict]]:
             dict(backbone_lr=1e-3),
         ),
     ]
+    return [row for row in rows if not ONLY or any(o in row[0] for o in ONLY)]
 
 
 def trainable(clf) -> tuple[int, int, float]:
@@ -169,7 +174,12 @@ def table(title: str, rows) -> str:
 
 
 def main() -> None:
-    which = sys.argv[1:] or ["image", "text"]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("which", nargs="*", choices=["image", "text"])
+    parser.add_argument("--only", action="append", default=[])
+    args = parser.parse_args()
+    ONLY.extend(args.only)
+    which = args.which or ["image", "text"]
     if "image" in which:
         print(
             table(

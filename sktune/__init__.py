@@ -3,6 +3,7 @@
 from .adapters import Adapter
 from .backbones import Backbone
 from .cache import clear_cache, set_cache_budget
+from .cluster import share_backbones
 from .estimators import FineTuneClassifier, FineTuneRegressor
 from .freeze import Freeze
 from .plotting import plot_history, plot_search
@@ -19,5 +20,6 @@ __all__ = [
     "plot_history",
     "plot_search",
     "set_cache_budget",
+    "share_backbones",
 ]
 __version__ = "0.1.0.dev0"

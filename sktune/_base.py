@@ -28,6 +28,7 @@ skorch hooks overridden, each for one reason:
 from __future__ import annotations
 
 import copy
+import numbers
 import os
 import threading
 from collections.abc import Mapping
@@ -51,6 +52,7 @@ from .adapters.inject import merge
 from .backbones import as_backbone
 from .blocks import describe_blocks
 from .cache import WholeSplit
+from .cluster import reference
 from .data.inputs import check_fit_data, check_predict_data
 from .data.text import TextCollator, TextDataset, mean_tokens, token_lengths
 from .families import family_of
@@ -71,6 +73,9 @@ __all__ = ["FineTuneMixin"]
 # Parameters of our own that hold objects with nested parameters
 # (``freeze__depth``), routed the sklearn way instead of skorch's.
 _OWN_PARAMS = ("backbone", "freeze", "adapter", "head", "lr_schedule")
+# Parameters clones share instead of copying: the read-only backbone, an
+# Accelerate accelerator (one per process).
+_SHARED_PARAMS = ("backbone", "accelerator")
 _NO_REINIT_PREFIXES = ("iterator_train__", "iterator_valid__", "dataset__")
 
 
@@ -221,7 +226,10 @@ class FineTuneMixin:
             # component to re-initialize and fail on a fitted net.
             setattr(self, key, params.pop(key))
             self._params_to_validate.add(key)
-        super().set_params(**params)
+        if "verbose" in params:  # before the messages it governs
+            self.verbose = params.pop("verbose")
+        with self._skorch_messages():
+            super().set_params(**params)
         for prefix, sub_params in nested.items():
             target = getattr(self, prefix)
             if not hasattr(target, "set_params"):
@@ -237,7 +245,8 @@ class FineTuneMixin:
         # read-only and shared instead (DESIGN.md, invariant 2).
         params = self.get_params(deep=False)
         new_params = {
-            k: v if k == "backbone" else clone(v, safe=False) for k, v in params.items()
+            k: v if k in _SHARED_PARAMS else clone(v, safe=False)
+            for k, v in params.items()
         }
         new = type(self)(**new_params)
         for attr in ("_metadata_request", "_sklearn_output_config"):
@@ -249,8 +258,17 @@ class FineTuneMixin:
         memo[id(self.backbone)] = self.backbone
         new = type(self).__new__(type(self))
         memo[id(self)] = new
-        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        new.__setstate__(copy.deepcopy(super().__getstate__(), memo))
         return new
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        # Inside sktune.share_backbones(), a module backbone travels by
+        # reference (see sktune.cluster).
+        shared = reference(state.get("backbone"))
+        if shared is not None:
+            state["backbone"] = shared
+        return state
 
     # -- fitting ------------------------------------------------------------
 
@@ -319,8 +337,25 @@ class FineTuneMixin:
 
     def initialize(self):
         """Initialize skorch's components, the network from the fitted input."""
-        with self._on_device():
+        with self._on_device(), self._skorch_messages():
             return super().initialize()
+
+    @contextmanager
+    def _skorch_messages(self):
+        """skorch's own messages ("Re-initializing module.") from verbose=2 on.
+
+        At ``verbose=1`` a fit shows progress bars only; restarts and
+        ``set_params`` on a fitted estimator re-initialize without a word.
+        """
+        verbose = self.__dict__.get("verbose", 0)
+        if not isinstance(verbose, numbers.Integral) or verbose >= 2:
+            yield  # (a verbose that is no int fails validation in fit)
+            return
+        self.__dict__["verbose"] = 0
+        try:
+            yield
+        finally:
+            self.__dict__["verbose"] = verbose
 
     def initialize_optimizer(self, *args, **kwargs):
         super().initialize_optimizer(*args, **kwargs)
@@ -431,8 +466,8 @@ class FineTuneMixin:
     def _use_stage(self, n_frozen: int) -> None:
         """Train with ``n_frozen`` blocks frozen, on that stage's cache."""
         stage = self._stages[n_frozen]
-        apply_freeze(self.module_.backbone, stage.plan)
-        self.module_.set_stage(stage.plan, stage.prefix_cache.split)
+        apply_freeze(self._network.backbone, stage.plan)
+        self._network.set_stage(stage.plan, stage.prefix_cache.split)
         self.prefix_cache_ = stage.prefix_cache
 
     def get_split_datasets(self, X, y=None, **fit_params):
@@ -476,11 +511,11 @@ class FineTuneMixin:
             cache=self.cache,
             cache_size=self.cache_size,
             cache_dtype=self.cache_dtype,
-            device=self.device,
+            device=self._compute_device,
             precision=compute_dtype(self.precision),
         )
         self.module_ = built.network
-        self.device_ = self.device
+        self.device_ = self._compute_device
         self.blocks_ = built.blocks
         self.n_blocks_ = len(built.blocks)
         self.tokenizer_ = built.tokenizer
@@ -500,6 +535,16 @@ class FineTuneMixin:
             else None
         )
         return self
+
+    @property
+    def _compute_device(self):
+        """Where the network is planned and trains (``device``, resolved)."""
+        return self.device
+
+    @property
+    def _network(self):
+        """The FineTuneNetwork (``module_``, unwrapped where a wrapper holds it)."""
+        return self.module_
 
     @property
     def cache_info_(self) -> dict:
@@ -549,7 +594,7 @@ class FineTuneMixin:
 
     def _summary(self) -> str:
         """One screen on what this fit trains, on which device, how fast."""
-        net = self.module_
+        net = self._network
         total = sum(p.numel() for p in net.parameters())
         trainable = sum(
             p.numel() for n, p in net.named_parameters() if n in self._trainable
@@ -581,7 +626,7 @@ class FineTuneMixin:
 
     def _prefix_batches(self, X):
         """(prefix outputs, inputs) per inference batch of ``X``."""
-        return self._run_batches(X, self.module_.prefix)
+        return self._run_batches(X, self._network.prefix)
 
     def _run_batches(self, X, fn):
         """``fn`` over the inference batches of ``X``: (outputs, inputs) each.
@@ -589,9 +634,11 @@ class FineTuneMixin:
         In eval mode and without gradients; tensor batches are padded to the
         batch size (see :meth:`evaluation_step`).
         """
-        with eval_mode(self.module_):
-            for batch in self.get_iterator(self.get_dataset(X), training=False):
-                xb = to_device(unpack_data(batch)[0], self.device)
+        # Every sample, in every process: the cache must hold all rows (an
+        # accelerator would shard a prepared loader).
+        with eval_mode(self._network):
+            for batch in self._loader(self.get_dataset(X), training=False):
+                xb = to_device(unpack_data(batch)[0], self._compute_device)
                 with torch.no_grad():
                     if isinstance(xb, Mapping):
                         out = fn(**xb)
@@ -649,7 +696,7 @@ class FineTuneMixin:
         lr = float(self.get_params_for("optimizer").get("lr", self.lr))
         if self.adapted_modules_:
             return lr  # adapters are fresh parameters, like the head
-        backbone = self.module_.backbone
+        backbone = self._network.backbone
         return family_of(backbone).backbone_lr_scale(backbone) * lr
 
     @property
@@ -677,9 +724,22 @@ class FineTuneMixin:
         return super().get_dataset(X, y)
 
     def get_iterator(self, dataset, training=False):
-        # Unlike skorch, shuffle training batches unless told otherwise; an
-        # inference loader draws its base seed from a private generator, so
-        # predicting never advances the global torch RNG.
+        return self._with_bar(self._loader(dataset, training=training))
+
+    def _with_bar(self, loader):
+        """A long prediction shows a bar (after a second, where watched)."""
+        if self.__dict__.get("_predicting"):
+            return bar(self.verbose, loader, desc="predict", unit="batch", delay=1)
+        return loader
+
+    def _loader(self, dataset, *, training: bool):
+        """The DataLoader of ``dataset``.
+
+        Unlike skorch, training batches are shuffled unless told otherwise;
+        an inference loader draws its base seed from a private generator, so
+        predicting never advances the global torch RNG. Texts and cached rows
+        bring their own collate function.
+        """
         if training:
             kwargs = {"shuffle": True, "batch_size": self.batch_size}
             kwargs.update(self.get_params_for("iterator_train"))
@@ -702,11 +762,7 @@ class FineTuneMixin:
             collate = self._collator
         if collate is not None:
             kwargs.setdefault("collate_fn", collate)
-        loader = iterator(dataset, **kwargs)
-        if self.__dict__.get("_predicting"):
-            # A long prediction shows a bar (after a second, where watched).
-            return bar(self.verbose, loader, desc="predict", unit="batch", delay=1)
-        return loader
+        return iterator(dataset, **kwargs)
 
     def _length_sampler(self, dataset, batch_size):
         """Shuffled, then sorted by length within mega-batches of up to 50
@@ -886,7 +942,7 @@ class FineTuneMixin:
             ):
                 rows = cache.outputs(X, self._prefix_batches)
                 return rows.to(cache.row_dtype).float().numpy()
-            batches = self._run_batches(X, self.module_.features)
+            batches = self._run_batches(X, self._network.features)
             return torch.cat([out.cpu().float() for out, _ in batches]).numpy()
 
     def _pad(self, xb):
@@ -922,7 +978,7 @@ class FineTuneMixin:
             raise ValueError(
                 f"{type(self).__name__} has no adapters to merge (adapter=None)."
             )
-        merge(self.module_.backbone)
+        merge(self._network.backbone)
         return self
 
     def save_trained(self, path) -> None:
@@ -940,7 +996,7 @@ class FineTuneMixin:
         from safetensors.torch import save_file
 
         self.check_is_fitted()
-        state = self.module_.state_dict()
+        state = self._network.state_dict()
         trained = {
             k: state[k].detach().cpu().contiguous() for k in sorted(self._trainable)
         }
@@ -967,7 +1023,7 @@ class FineTuneMixin:
 
         self.check_is_fitted()
         state = read_state_dict(path, param="path")
-        own = self.module_.state_dict()
+        own = self._network.state_dict()
         wrong = sorted(set(state) ^ self._trainable)
         shapes = [k for k in state if k in own and own[k].shape != state[k].shape]
         if wrong or shapes:
@@ -977,7 +1033,7 @@ class FineTuneMixin:
                 f"shapes differ (e.g. {shapes[:3]}). Fit an estimator with the same "
                 "backbone, freeze, adapter and head first."
             )
-        self.module_.load_state_dict(state, strict=False)
+        self._network.load_state_dict(state, strict=False)
         return self
 
     def save_pretrained(self, directory) -> None:
@@ -1053,7 +1109,7 @@ class FineTuneMixin:
         ...
         """
         self.check_is_fitted()
-        net = self.module_
+        net = self._network
         return describe_blocks(
             net.backbone, self.blocks_, net.head, net.plan.eval_modules
         )

@@ -70,7 +70,7 @@ def fit_restarts(estimator, X, y, seeds, train, resume, cuda: bool) -> None:
         if best is None or score > results[best[0]]["score"]:
             best = (run, _snapshot(estimator))
     run, state = best
-    estimator.module_.load_state_dict(state["module"])
+    estimator._network.load_state_dict(state["module"])
     estimator.optimizer_.load_state_dict(state["optimizer"])
     estimator.history_ = state["history"]
     estimator._seeds = seeds[run]
@@ -115,7 +115,7 @@ def _history_score(estimator) -> float:
 def _snapshot(estimator) -> dict:
     return {
         "module": {
-            k: v.detach().clone() for k, v in estimator.module_.state_dict().items()
+            k: v.detach().clone() for k, v in estimator._network.state_dict().items()
         },
         "optimizer": copy.deepcopy(estimator.optimizer_.state_dict()),
         "history": copy.deepcopy(estimator.history_),

@@ -146,7 +146,7 @@ def _decode_backbone(config: dict):
 
 def _trained_state(estimator) -> dict[str, torch.Tensor]:
     """The head, the trainable parameters and the buffers that trained."""
-    net = estimator.module_
+    net = estimator._network
     state = net.state_dict()
     keys = set(estimator._trainable)
     # Buffers change only in modules that ran in training mode (BatchNorm
@@ -183,7 +183,7 @@ def _fitted_state(estimator) -> dict:
 def _merged(estimator) -> bool:
     return any(
         getattr(layer, "merged", False)
-        for layer in estimator.module_.backbone.modules()
+        for layer in estimator._network.backbone.modules()
         if hasattr(layer, "adapter_layer_names")
     )
 
@@ -317,7 +317,7 @@ def load(cls, directory, backbone=None, **params):
     path = Path(directory) / WEIGHTS_FILE
     # safetensors only: tensors, never a pickle.
     state = read_state_dict(path, param="directory")
-    own = estimator.module_.state_dict()
+    own = estimator._network.state_dict()
     unknown = sorted(set(state) - set(own))
     lacking = sorted(estimator._trainable - set(state))
     shapes = [k for k in state if k in own and own[k].shape != state[k].shape]
@@ -328,7 +328,7 @@ def load(cls, directory, backbone=None, **params):
             f"missing (e.g. {lacking[:3]}), {len(shapes)} of another shape "
             f"(e.g. {shapes[:3]})."
         )
-    estimator.module_.load_state_dict(state, strict=False)
+    estimator._network.load_state_dict(state, strict=False)
     if config.get("adapters_merged"):
         estimator.merge_adapters()
     history = Path(directory) / HISTORY_FILE

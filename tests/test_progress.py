@@ -79,3 +79,15 @@ def test_bars_wrap_the_prefix_pass_and_predictions(blobs, monkeypatch):
     shown.clear()
     clf.predict(X)
     assert shown == ["predict"] or shown == ["frozen prefix, once", "predict"]
+
+
+def test_restarts_and_set_params_re_initialize_without_a_word(blobs, capsys):
+    X, y = blobs
+    clf = make_classifier(max_epochs=2, n_restarts=2, restart_epochs=1).fit(X, y)
+    clf.set_params(lr=0.05, verbose=1)
+    clf.initialize()
+    assert clf.verbose == 1 and clf.lr == 0.05
+    assert capsys.readouterr() == ("", "")
+    clf.set_params(verbose=2)
+    clf.initialize()
+    assert "Re-initializing module" in capsys.readouterr().out

@@ -13,6 +13,7 @@ import pytest
 import torch
 from helpers import (
     assert_same_state,
+    make_classifier,
     mlp_backbone,
     state_snapshot,
     text_backbone,
@@ -572,3 +573,13 @@ def test_save_params_is_atomic(blobs, tmp_path, monkeypatch):
     restored = clf().fit(X[:50], y[:50])
     restored.load_params(f_params=str(target))
     np.testing.assert_array_equal(restored.predict_proba(X), good_proba)
+
+
+def test_loading_the_backbone_does_not_shift_the_head_init(blobs):
+    # The first fit of a process builds the backbone (here: a factory drawing
+    # its random init); later fits find it built. Both start alike.
+    X, y = blobs
+    backbone = Backbone(lambda: torch.nn.Sequential(torch.nn.Linear(8, 16)))
+    first = make_classifier(backbone, freeze="all", max_epochs=1).fit(X, y)
+    second = make_classifier(backbone, freeze="all", max_epochs=1).fit(X, y)
+    np.testing.assert_array_equal(first.predict_proba(X), second.predict_proba(X))

@@ -33,6 +33,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Union
 
+import torch
 from torch import nn
 
 from ..families import Loaded
@@ -174,13 +175,25 @@ class Backbone:
         state = self._state
         with state.lock:
             if state.loaded is None:
-                state.loaded = resolve(
-                    self.source, self.weights, self.pretrained, self.kwargs
-                )
+                # Building an architecture draws its random init from the
+                # global RNG: without a fork, the first fit of a process (the
+                # one that loads) would initialize its head from other draws
+                # than every later fit.
+                with torch.random.fork_rng(devices=[]):
+                    state.loaded = resolve(
+                        self.source, self.weights, self.pretrained, self.kwargs
+                    )
             return state.loaded
 
     def __deepcopy__(self, memo):
         return self
+
+    def __reduce_ex__(self, protocol):
+        # Inside sktune.share_backbones(), a module source travels by reference.
+        from ..cluster import reference
+
+        ref = reference(self) if isinstance(self.source, nn.Module) else None
+        return ref.__reduce__() if ref is not None else super().__reduce_ex__(protocol)
 
     def __getstate__(self):
         # The built module of a spec or factory is a cache; a module source is
@@ -197,7 +210,14 @@ class Backbone:
         self.weights = state.get("weights")
         self.pretrained = state.get("pretrained", True)
         self.kwargs = state.get("kwargs", {})
-        self._state = _Shared()
+        if isinstance(self.source, (str, os.PathLike)):
+            # One load per process for all unpickled copies of this spec (the
+            # tasks a search worker runs).
+            self._state = cached_spec(
+                self.source, self.weights, self.pretrained, self.kwargs
+            )._state
+        else:
+            self._state = _Shared()
 
     def __repr__(self):
         source = self.source

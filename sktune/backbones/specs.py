@@ -232,22 +232,38 @@ _spec_cache: OrderedDict = OrderedDict()
 _spec_lock = threading.Lock()
 
 
-def cached_spec(spec):
+def _file_key(path) -> tuple:
+    """A local file's path with its change stamp (a rewritten file is new)."""
+    key = os.fspath(path)
+    found = Path(key).expanduser()
+    if found.exists():
+        stat = found.stat()
+        return (key, stat.st_mtime_ns, stat.st_size)
+    return (key,)
+
+
+def cached_spec(spec, weights=None, pretrained=True, kwargs=None):
     """The shared :class:`sktune.Backbone` of a string spec or path.
 
     The last few specs keep their pristine module in memory between fits, so
     cross-validation folds and grid-search candidates load the weights once;
-    a local file rewritten since is a new backbone.
+    a local file rewritten since is a new backbone. Unpickled copies of a
+    ``Backbone(spec, weights=...)`` share the one of their key too, so a
+    worker process loads a spec once for all the tasks it runs.
     """
     from . import Backbone
 
-    key = os.fspath(spec)
-    path = Path(key).expanduser()
-    if path.exists():
-        stat = path.stat()
-        key = (key, stat.st_mtime_ns, stat.st_size)
+    kwargs = kwargs or {}
+    key = (
+        _file_key(spec),
+        None if weights is None else _file_key(weights),
+        pretrained,
+        repr(sorted(kwargs.items())),
+    )
     with _spec_lock:
-        backbone = _spec_cache.pop(key, None) or Backbone(os.fspath(spec))
+        backbone = _spec_cache.pop(key, None) or Backbone(
+            os.fspath(spec), weights=weights, pretrained=pretrained, **kwargs
+        )
         _spec_cache[key] = backbone
         while len(_spec_cache) > _SPEC_CACHE_SIZE:
             _spec_cache.popitem(last=False)
