@@ -93,7 +93,16 @@ def plot_history(estimator, *, ax=None):
         twin.set_ylabel(", ".join(scores))
         more, more_labels = twin.get_legend_handles_labels()
         handles, labels = handles + more, labels + more_labels
-    ax.legend(handles, labels, loc="best")
+    # Below the plot: over it, the score's axes would hide it or lines.
+    ax.legend(
+        handles,
+        labels,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.14),
+        ncol=min(len(labels), 3),
+        frameon=False,
+    )
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_title(type(estimator).__name__)
     return ax
 

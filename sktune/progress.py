@@ -24,8 +24,16 @@ __all__ = ["EpochTable", "FitProgress", "bar", "shows_bar"]
 
 
 def bar(verbose, iterable: Iterable | None = None, **kwargs):
-    """A tqdm bar at ``verbose >= 1`` where a person watches, else a silent one."""
-    from tqdm.auto import tqdm
+    """A tqdm bar at ``verbose >= 1`` where a person watches, else a silent one.
+
+    In a notebook with ipywidgets a widget, else a text bar (without tqdm's
+    warning that ipywidgets is missing).
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        from tqdm.auto import tqdm
 
     return tqdm(
         iterable,

