@@ -184,3 +184,25 @@ def test_dask_local_cluster_search_matches_the_serial_one():
                 result.cv_results_[key], serial.cv_results_[key]
             )
         assert result.best_params_ == serial.best_params_
+
+
+@pytest.mark.slow
+def test_ray_joblib_backend_search_matches_the_serial_one(blobs):
+    ray = pytest.importorskip("ray")
+    from ray.util.joblib import register_ray
+
+    X, y = blobs
+    clf = make_classifier(big_mlp(), max_epochs=3, random_state=0, verbose=0)
+    grid = {"freeze": [0, 1, "all"]}
+    serial = GridSearchCV(clf, grid, cv=3).fit(X, y)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        register_ray()
+        with share_backbones(), joblib.parallel_config("ray", n_jobs=2):
+            on_ray = GridSearchCV(clf, grid, cv=3).fit(X, y)
+    finally:
+        ray.shutdown()
+    np.testing.assert_array_equal(
+        on_ray.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"]
+    )
+    assert on_ray.best_params_ == serial.best_params_
