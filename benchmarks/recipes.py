@@ -175,7 +175,7 @@ def table(title: str, rows) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="*", choices=["image", "text"])
+    parser.add_argument("which", nargs="*", help="image, text or both (default)")
     parser.add_argument("--only", action="append", default=[])
     args = parser.parse_args()
     ONLY.extend(args.only)
