@@ -92,6 +92,7 @@ def v_sktune(model, freeze, epochs, lr, options=None, **_):
         backbone,
         freeze=freeze,
         lr=lr,
+        backbone_lr=lr,  # one rate for all, as the skorch baseline trains
         max_epochs=epochs,
         batch_size=BATCH,
         random_state=0,
@@ -227,6 +228,7 @@ def v_grid(impl, **_):
         est = FineTuneClassifier(
             source,
             lr=1e-3,
+            backbone_lr=1e-3,  # one rate for all, as the skorch baseline trains
             max_epochs=5,
             batch_size=BATCH,
             random_state=0,

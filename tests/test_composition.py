@@ -140,3 +140,22 @@ def test_html_repr_lists_nested_parameters():
         "freeze__depth",
     ):
         assert text in html
+
+
+def test_tensorboard_logs_each_epoch(blobs, tmp_path):
+    pytest.importorskip("tensorboard")
+    from skorch.callbacks import TensorBoard
+    from tensorboard.backend.event_processing.event_accumulator import (
+        EventAccumulator,
+    )
+    from torch.utils.tensorboard import SummaryWriter
+
+    X, y = blobs
+    writer = SummaryWriter(tmp_path)
+    FineTuneClassifier(
+        mlp_backbone(), freeze=1, max_epochs=3, callbacks=[TensorBoard(writer)]
+    ).fit(X, y)
+    writer.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [e.step for e in events.Scalars("Loss/train_loss")] == [1, 2, 3]

@@ -136,6 +136,16 @@ def set_cache_budget(megabytes: float) -> float:
     the least recently used backbone and cut are dropped. An estimator's
     ``cache_size`` bounds what one fit may cache, not the store.
 
+    Parameters
+    ----------
+    megabytes : float
+        The new budget, in MB (positive).
+
+    Returns
+    -------
+    float
+        The budget before this call, in MB.
+
     Examples
     --------
     >>> import sktune
