@@ -15,7 +15,7 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from sktune import Backbone, FineTuneClassifier
+from sktune import Backbone, FineTuneClassifier, Freeze
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +99,9 @@ def digits_rgb():
     ("freeze", "epochs", "lr", "minimum"),
     [
         ("all", 20, 1e-2, 0.78),  # measured 0.830
-        (4, 8, 1e-3, 0.87),  # measured 0.913
+        # The trainable blocks' BatchNorms learn the digits' statistics:
+        # with ImageNet's kept (train_bn=False), seeds 0-3 scored 0.777-0.93.
+        (Freeze(4, train_bn=True), 8, 1e-3, 0.86),  # seeds 0-3: 0.880-0.913
     ],
 )
 def test_efficientnet_lite0_learns_digits(
