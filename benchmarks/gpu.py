@@ -326,7 +326,8 @@ def main() -> None:
     print("| run | sktune | skorch | hand | peak MB sktune | peak MB skorch |")
     print("|---|---|---|---|---|---|")
     for label, *values in rows:
-        cells = ["-" if v is None else f"{v:,.1f}" for v in values]
+        # No GPU memory to report on a CPU (nan): "-" as for a missing run.
+        cells = ["-" if v is None or v != v else f"{v:,.1f}" for v in values]
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 

@@ -16,11 +16,26 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
+from contextlib import contextmanager
 
 from skorch.callbacks import Callback, PrintLog
 
-__all__ = ["EpochTable", "FitProgress", "bar", "shows_bar"]
+__all__ = ["EpochTable", "FitProgress", "bar", "no_widget_warning", "shows_bar"]
+
+
+@contextmanager
+def no_widget_warning():
+    """Silence tqdm's "IProgress not found" while ``tqdm.auto`` is imported.
+
+    Where ipywidgets is missing, tqdm warns once per process and falls back
+    to a text bar, which is what sktune shows anyway. Wrap any import that
+    may be the process's first of ``tqdm.auto`` (sktune's bars, transformers).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        yield
 
 
 def bar(verbose, iterable: Iterable | None = None, **kwargs):
@@ -29,10 +44,7 @@ def bar(verbose, iterable: Iterable | None = None, **kwargs):
     In a notebook with ipywidgets a widget, else a text bar (without tqdm's
     warning that ipywidgets is missing).
     """
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="IProgress not found")
+    with no_widget_warning():
         from tqdm.auto import tqdm
 
     return tqdm(

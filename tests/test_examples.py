@@ -28,5 +28,8 @@ def test_walkthrough_notebook_executes():
         for output in cell.outputs
     )
     assert "the loaded model predicts identically" in text
+    # No warnings in the reader's way (tqdm's missing-ipywidgets one came
+    # from transformers' import during the first fit).
+    assert "Warning" not in text
     assert (EXAMPLES / "history.png").stat().st_size > 0
     assert (EXAMPLES / "search.png").stat().st_size > 0

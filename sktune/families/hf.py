@@ -441,8 +441,11 @@ def load_model(source: str, *, pretrained: bool = True, **kwargs) -> nn.Module:
     transformers' progress bar of loading weights stays off: a fit, or a
     results table, does not get a bar printed into its middle.
     """
-    from transformers import AutoConfig, AutoModel
-    from transformers.utils import logging
+    from ..progress import no_widget_warning
+
+    with no_widget_warning():  # transformers imports tqdm.auto
+        from transformers import AutoConfig, AutoModel
+        from transformers.utils import logging
 
     kwargs = {"trust_remote_code": False, **kwargs}
     if pretrained:
