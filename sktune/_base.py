@@ -986,8 +986,9 @@ class FineTuneMixin:
 
         The trained part: the head, the adapters, the blocks ``freeze`` left
         trainable (with an adapter, the adapters and the head only: a small
-        file). Load it into an estimator fitted alike with
-        :meth:`load_trained`.
+        file), and the buffers that trained with them (BatchNorm statistics
+        under ``Freeze(train_bn=True)``). Load it into an estimator fitted
+        alike with :meth:`load_trained`.
 
         Parameters
         ----------
@@ -995,12 +996,12 @@ class FineTuneMixin:
         """
         from safetensors.torch import save_file
 
+        from .persistence import trained_state
+
         self.check_is_fitted()
-        state = self._network.state_dict()
-        trained = {
-            k: state[k].detach().cpu().contiguous() for k in sorted(self._trainable)
-        }
-        save_file(trained, os.fspath(path), metadata={"format": "sktune-trained"})
+        save_file(
+            trained_state(self), os.fspath(path), metadata={"format": "sktune-trained"}
+        )
 
     def load_trained(self, path):
         """Load a trained part written by :meth:`save_trained`.
@@ -1020,11 +1021,12 @@ class FineTuneMixin:
             parameters or shapes); the network is left as it was.
         """
         from .backbones.weights import read_state_dict
+        from .persistence import trained_state
 
         self.check_is_fitted()
         state = read_state_dict(path, param="path")
         own = self._network.state_dict()
-        wrong = sorted(set(state) ^ self._trainable)
+        wrong = sorted(set(state) ^ set(trained_state(self)))
         shapes = [k for k in state if k in own and own[k].shape != state[k].shape]
         if wrong or shapes:
             raise ValueError(

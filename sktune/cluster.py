@@ -6,7 +6,7 @@ that costs depends on the backbone:
 - a string spec or ``Backbone(spec, weights=PATH)`` pickles as the spec
   (well under a kilobyte); each worker process loads the model once and
   shares it between its tasks (unpickled copies of one spec are one
-  ``Backbone``, see :func:`sktune.backbones.interned`);
+  ``Backbone``, see :func:`sktune.backbones.specs.cached_spec`);
 - a module, or a ``Backbone`` around one, pickles whole (its weights), once
   per task, unless the search runs inside :func:`share_backbones`: there it
   pickles as a reference of a few hundred bytes, and the module itself

@@ -107,8 +107,8 @@ _COMMON_PARAMS = """
     criterion : torch criterion class, default={criterion}
     optimizer : torch optimizer class, default=torch.optim.AdamW
     lr : float, default=1e-3
-        The learning rate of the head (and of anything the backbone's blocks
-        do not hold).
+        The learning rate of the head (backbone parameters outside every
+        block train at ``backbone_lr``).
     backbone_lr : "auto" or float, default="auto"
         The learning rate of the backbone's trainable block nearest the head
         (discriminative learning rates: a pretrained backbone moves far less
@@ -163,7 +163,9 @@ _COMMON_ATTRIBUTES = """
     blocks_ : list of Block
         The block map, input side first.
     n_features_in_ : int
-        Number of features (columns, or channels of images) seen in fit.
+        The size of X's second axis in fit, as scikit-learn counts features
+        (columns; channels of float ``N x C x H x W`` images, the height of
+        uint8 ``N x H x W x C`` ones).
     feature_names_in_ : ndarray of str
         Column names, when X was a DataFrame with string column names.
     history_ : skorch History

@@ -144,7 +144,7 @@ def _decode_backbone(config: dict):
 # -- save ---------------------------------------------------------------------------------
 
 
-def _trained_state(estimator) -> dict[str, torch.Tensor]:
+def trained_state(estimator) -> dict[str, torch.Tensor]:
     """The head, the trainable parameters and the buffers that trained."""
     net = estimator._network
     state = net.state_dict()
@@ -224,7 +224,7 @@ def save(estimator, directory) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file(
-        _trained_state(estimator),
+        trained_state(estimator),
         os.fspath(directory / WEIGHTS_FILE),
         metadata={"format": FORMAT},
     )

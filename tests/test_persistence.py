@@ -83,6 +83,19 @@ def test_nested_parameters_and_trained_batchnorm_statistics(images, tmp_path):
     assert "backbone.stem.1.running_mean" in saved_keys(tmp_path)
 
 
+def test_save_trained_carries_the_trained_batchnorm_statistics(images, tmp_path):
+    X, y = images
+    fit = dict(freeze=Freeze(1, train_bn=True), max_epochs=2)
+    clf = make_classifier(tiny_cnn(), **fit).fit(X, y)
+    path = tmp_path / "trained.safetensors"
+    clf.save_trained(path)
+    assert "backbone.stem.1.running_mean" in set(load_file(path))
+    other = make_classifier(tiny_cnn(), random_state=1, **fit).fit(X, y)
+    assert not np.allclose(other.predict_proba(X), clf.predict_proba(X))
+    other.load_trained(path)
+    np.testing.assert_array_equal(other.predict_proba(X), clf.predict_proba(X))
+
+
 def test_timm_spec_with_local_weights(tmp_path):
     timm = pytest.importorskip("timm")
     spec = dict(img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2)

@@ -57,7 +57,8 @@ class Adapter(BaseEstimator):
         (``"query"`` matches every module whose name ends in ``.query``) or
         fnmatch patterns (``"blocks.*.attn.qkv"``). None: the family's
         default, the attention and feed-forward projections of a transformer,
-        the linear and (non-depthwise) convolution layers of other networks.
+        the linear and convolution layers of other networks (for LoRA the
+        non-depthwise ones).
 
     Examples
     --------

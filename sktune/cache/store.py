@@ -83,16 +83,19 @@ class FeatureStore:
             del self._contexts[oldest]
             del self._bytes[oldest]
 
-    def set_budget(self, budget_mb: float) -> float:
-        """Set the budget in megabytes (evicting now if over); return the old one."""
+    def set_budget(self, budget_mb: float, *, param: str = "budget_mb") -> float:
+        """Set the budget in megabytes (evicting now if over); return the old one.
+
+        ``param`` is the name the caller's error names.
+        """
         if (
             isinstance(budget_mb, bool)
             or not isinstance(budget_mb, (int, float))
             or not budget_mb >= 0
         ):
             raise ValueError(
-                f"budget_mb={budget_mb!r} is not valid; use a non-negative number of "
-                "megabytes."
+                f"{param}={budget_mb!r} is not valid; use a non-negative number of "
+                "megabytes (0 keeps nothing)."
             )
         with self._lock:
             old, self.budget_mb = self.budget_mb, float(budget_mb)
@@ -139,7 +142,7 @@ def set_cache_budget(megabytes: float) -> float:
     Parameters
     ----------
     megabytes : float
-        The new budget, in MB (positive).
+        The new budget, in MB (non-negative; 0 keeps nothing).
 
     Returns
     -------
@@ -152,7 +155,7 @@ def set_cache_budget(megabytes: float) -> float:
     >>> previous = sktune.set_cache_budget(512)
     >>> _ = sktune.set_cache_budget(previous)
     """
-    return STORE.set_budget(megabytes)
+    return STORE.set_budget(megabytes, param="megabytes")
 
 
 # -- keys -------------------------------------------------------------

@@ -49,7 +49,7 @@ def test_set_cache_budget_belongs_to_the_store(blobs):
         assert len(STORE._contexts) == 1
     finally:
         assert set_cache_budget(previous) == 0.001
-    with pytest.raises(ValueError, match=r"budget_mb=-1 is not valid"):
+    with pytest.raises(ValueError, match=r"megabytes=-1 is not valid"):
         set_cache_budget(-1)
 
 
