@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_validate, train_test_split
+from sklearn.model_selection import StratifiedKFold, cross_validate
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ants_bees, efficientnet, minilm_spec, sentences
+from common import ants_bees, efficientnet, minilm_spec, sentence_splits
 
 from sktune import Backbone, FineTuneClassifier, Freeze, clear_cache
 
@@ -118,13 +118,7 @@ def images() -> list[tuple]:
 
 
 def text() -> list[tuple]:
-    X, y = sentences()
-    X_tr, X_te, y_tr, y_te = train_test_split(
-        X, y, test_size=900, stratify=y, random_state=0
-    )
-    X_tr, _, y_tr, _ = train_test_split(
-        X_tr, y_tr, train_size=1000, stratify=y_tr, random_state=0
-    )
+    X_tr, _, X_te, y_tr, _, y_te = sentence_splits()
     backbone = Backbone(minilm_spec())
     backbone.module()
     rows = []

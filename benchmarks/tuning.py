@@ -30,7 +30,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import StratifiedKFold, cross_val_score, train_test_split
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ants_bees, efficientnet, minilm_spec, sentences
+from common import ants_bees, efficientnet, minilm_spec, sentence_splits
 
 from sktune import Backbone, FineTuneClassifier, Freeze
 
@@ -47,13 +47,7 @@ SETTINGS = [
 
 
 def text() -> list[str]:
-    X, y = sentences()
-    X_rest, X_te, y_rest, y_te = train_test_split(
-        X, y, test_size=900, stratify=y, random_state=0
-    )
-    X_tr, X_va, y_tr, y_va = train_test_split(
-        X_rest, y_rest, train_size=1000, stratify=y_rest, random_state=0
-    )
+    X_tr, X_va, X_te, y_tr, y_va, y_te = sentence_splits()
     backbone = Backbone(minilm_spec())
     backbone.module()
     rows = []

@@ -1021,12 +1021,12 @@ class FineTuneMixin:
             parameters or shapes); the network is left as it was.
         """
         from .backbones.weights import read_state_dict
-        from .persistence import trained_state
+        from .persistence import trained_keys
 
         self.check_is_fitted()
         state = read_state_dict(path, param="path")
         own = self._network.state_dict()
-        wrong = sorted(set(state) ^ set(trained_state(self)))
+        wrong = sorted(set(state) ^ trained_keys(self))
         shapes = [k for k in state if k in own and own[k].shape != state[k].shape]
         if wrong or shapes:
             raise ValueError(

@@ -144,8 +144,9 @@ def _decode_backbone(config: dict):
 # -- save ---------------------------------------------------------------------------------
 
 
-def trained_state(estimator) -> dict[str, torch.Tensor]:
-    """The head, the trainable parameters and the buffers that trained."""
+def trained_keys(estimator) -> set[str]:
+    """The state-dict keys of the trained part: the head, the trainable
+    parameters and the buffers that trained."""
     net = estimator._network
     state = net.state_dict()
     keys = set(estimator._trainable)
@@ -160,7 +161,15 @@ def trained_state(estimator) -> dict[str, torch.Tensor]:
                 key = ".".join(filter(None, (prefix, name, buffer)))
                 if key in state:
                     keys.add(key)
-    return {k: state[k].detach().cpu().contiguous() for k in sorted(keys)}
+    return keys
+
+
+def trained_state(estimator) -> dict[str, torch.Tensor]:
+    """The trained part's tensors (:func:`trained_keys`), on the CPU."""
+    state = estimator._network.state_dict()
+    return {
+        k: state[k].detach().cpu().contiguous() for k in sorted(trained_keys(estimator))
+    }
 
 
 def _fitted_state(estimator) -> dict:

@@ -83,22 +83,19 @@ class FeatureStore:
             del self._contexts[oldest]
             del self._bytes[oldest]
 
-    def set_budget(self, budget_mb: float, *, param: str = "budget_mb") -> float:
-        """Set the budget in megabytes (evicting now if over); return the old one.
-
-        ``param`` is the name the caller's error names.
-        """
+    def set_budget(self, megabytes: float) -> float:
+        """Set the budget in megabytes (evicting now if over); return the old one."""
         if (
-            isinstance(budget_mb, bool)
-            or not isinstance(budget_mb, (int, float))
-            or not budget_mb >= 0
+            isinstance(megabytes, bool)
+            or not isinstance(megabytes, (int, float))
+            or not megabytes >= 0
         ):
             raise ValueError(
-                f"{param}={budget_mb!r} is not valid; use a non-negative number of "
+                f"megabytes={megabytes!r} is not valid; use a non-negative number of "
                 "megabytes (0 keeps nothing)."
             )
         with self._lock:
-            old, self.budget_mb = self.budget_mb, float(budget_mb)
+            old, self.budget_mb = self.budget_mb, float(megabytes)
             self._evict()
         return old
 
@@ -155,7 +152,7 @@ def set_cache_budget(megabytes: float) -> float:
     >>> previous = sktune.set_cache_budget(512)
     >>> _ = sktune.set_cache_budget(previous)
     """
-    return STORE.set_budget(megabytes, param="megabytes")
+    return STORE.set_budget(megabytes)
 
 
 # -- keys -------------------------------------------------------------
