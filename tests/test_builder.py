@@ -46,6 +46,18 @@ def test_a_fitted_estimator_on_texts_holds_no_training_sample():
         assert restored.fit(texts, y).score(texts, y) == 1.0
 
 
+def test_a_saved_directory_holds_no_training_sample(tmp_path):
+    # Invariant 7 for save_pretrained: config, weights and history only.
+    X = distinctive_rows()
+    clf = FineTuneClassifier(mlp_backbone(), freeze=1, max_epochs=2)
+    clf.fit(X, np.arange(len(X)) % 2).save_pretrained(tmp_path)
+    blob = b"".join(path.read_bytes() for path in sorted(tmp_path.iterdir()))
+    for row in X:
+        for dtype in (np.float32, np.float64):
+            assert row.astype(dtype).tobytes() not in blob
+    assert "1234.5678" not in blob.decode("latin-1")
+
+
 def test_the_fitted_input_spec_rebuilds_the_network_without_data():
     X = distinctive_rows()
     reg = FineTuneRegressor(mlp_backbone(), freeze=1, max_epochs=1).fit(X, X[:, :2])
