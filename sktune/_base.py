@@ -54,7 +54,7 @@ from .blocks import describe_blocks
 from .cache import WholeSplit
 from .cluster import reference
 from .data.inputs import check_fit_data, check_predict_data
-from .data.text import TextCollator, TextDataset, mean_tokens, token_lengths
+from .data.text import TextCollator, TextDataset, is_texts, mean_tokens, token_lengths
 from .families import family_of
 from .freeze import apply_freeze, options
 from .progress import EpochTable, FitProgress, bar, shows_bar
@@ -285,9 +285,11 @@ class FineTuneMixin:
         Parameters
         ----------
         X : array-like, DataFrame, tensor, list of str or mapping
-            Numeric arrays, images (float ``N x C x H x W`` or uint8
-            ``N x H x W x C``), texts or text pairs (Hugging Face backbones),
-            or a mapping of tokenized inputs.
+            Numeric arrays, images (float ``N x C x H x W``, taken as
+            normalized, or uint8 ``N x H x W x C`` with any number of
+            channels; other integer images, uint16 say, are refused), texts
+            or text pairs (Hugging Face backbones; empty texts are texts), or
+            a mapping of tokenized inputs.
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
             Class labels, or regression targets.
         **fit_params
@@ -377,23 +379,41 @@ class FineTuneMixin:
         with self._on_device():
             return self._fit_on_device(X, y, reset=reset, classes=classes, **fit_params)
 
+    @contextmanager
+    def _unchanged_on_error(self):
+        """A fit that fails before training leaves the estimator as it was.
+
+        The checks and the network build set fitted attributes (``input_spec_``,
+        ``classes_``, ``n_features_in_``, ``module_``) one by one; bad input
+        found halfway must not leave a fitted estimator predicting with a
+        mix of the old network and the new input's spec.
+        """
+        state = dict(self.__dict__)
+        try:
+            yield
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(state)
+            raise
+
     def _fit_on_device(self, X, y, *, reset: bool, classes=None, **fit_params):
         validate_params(self)
         seeds = fit_seeds(self.random_state, self.n_restarts if reset else 1)
         cuda = torch.cuda.is_available() and "cuda" in str(self.device)
         with seeded(seeds[0].init, cuda=cuda):
-            X, y, fitted = check_fit_data(
-                self, X, y, reset=reset, regression=self._regression
-            )
-            check_against_input(self, fitted.kind)
-            y = self._encode_targets(y, reset=reset, classes=classes)
-            if reset:
-                self.input_spec_ = fitted
-                self._seeds = seeds[0]
-                self.initialize()
-                self._check_schedule()
-            elif len(self.history_) == 0:
-                self._seeds = seeds[0]
+            with self._unchanged_on_error():
+                X, y, fitted = check_fit_data(
+                    self, X, y, reset=reset, regression=self._regression
+                )
+                check_against_input(self, fitted.kind)
+                y = self._encode_targets(y, reset=reset, classes=classes)
+                if reset:
+                    self.input_spec_ = fitted
+                    self._seeds = seeds[0]
+                    self.initialize()
+                    self._check_schedule()
+                elif len(self.history_) == 0:
+                    self._seeds = seeds[0]
             if len(seeds) == 1:
                 super().partial_fit(X, y, **fit_params)
                 return self
@@ -578,7 +598,7 @@ class FineTuneMixin:
                 print(self._summary(), flush=True)
         else:
             use = reason is None
-        texts = isinstance(X, list)
+        texts = is_texts(X)
         if use:
             rows = cache.outputs(X, self._prefix_batches, progress=self._prefix_bar)
             lengths = TextDataset(X, None, self._collator).lengths if texts else None
@@ -719,7 +739,7 @@ class FineTuneMixin:
     def get_dataset(self, X, y=None):
         if isinstance(X, Dataset):
             return X
-        if isinstance(X, list) and self._collator is not None:
+        if is_texts(X) and self._collator is not None:
             return TextDataset(X, y, self._collator)
         return super().get_dataset(X, y)
 

@@ -294,23 +294,47 @@ def _check_input_fits(fitted: FittedInput, tokenizer, data_config) -> None:
     expected = (data_config or {}).get("input_size", (None,))[0]
     if expected is None:
         return
-    if kind == "image":
-        channels = fitted.shape[-1] if len(fitted.shape) == 3 else 1
-        layout = "N x H x W x C"
-    elif kind == "array" and len(fitted.shape) == 3:
-        channels, layout = fitted.shape[0], "N x C x H x W"
-    else:
-        return
-    if channels != expected:
-        hint = ""
-        if kind == "image" and channels == 1 and expected == 3:
-            hint = " Repeat the gray channel, e.g. np.repeat(X[..., None], 3, axis=-1)."
-        elif kind == "image" and channels == 4 and expected == 3:
-            hint = " Drop the alpha channel with X[..., :3]."
-        raise ValueError(
-            f"X holds {channels}-channel images ({layout}), but the backbone expects "
-            f"{expected} channels.{hint}"
+    if kind == "image" or (kind == "array" and len(fitted.shape) == 3):
+        message = _channel_mismatch(
+            fitted.shape, fitted.dtype, kind == "image", expected, "the backbone"
         )
+        if message is not None:
+            raise ValueError(message)
+
+
+def _channel_mismatch(
+    shape, dtype, channels_last: bool, takes: int, taker: str
+) -> str | None:
+    """Say so when images have other than ``takes`` channels, describing them
+    as given: one sample's ``shape`` and ``dtype``, uint8 ``N x H x W (x C)``
+    (``channels_last``) or float ``N x C x H x W``."""
+    if channels_last:
+        channels = shape[-1] if len(shape) == 3 else 1
+        layout = "N x H x W x C" if len(shape) == 3 else "N x H x W"
+    else:
+        channels, layout = shape[0], "N x C x H x W"
+    if channels == takes:
+        return None
+    hint = ""
+    if channels_last and channels == 1 and takes == 3:
+        gray = "X[..., None]" if len(shape) == 2 else "X"
+        hint = f" Repeat the gray channel, e.g. np.repeat({gray}, 3, axis=-1)."
+    elif channels_last and channels == 4 and takes == 3:
+        hint = " Drop the alpha channel with X[..., :3]."
+    elif channels_last and takes == 1:
+        hint = " Convert them to one channel, e.g. X.mean(axis=-1).astype(np.uint8)."
+    elif channels_last and channels > takes:
+        hint = (
+            f" Keep {takes} of them (e.g. X[..., :{takes}]) or combine them into "
+            f"{takes}, or use a backbone whose first layer takes {channels}."
+        )
+    elif not channels_last and shape[-1] == takes:
+        hint = " If X is N x H x W x C, transpose it: X.transpose(0, 3, 1, 2)."
+    sample = " x ".join(map(str, shape))
+    return (
+        f"X holds {channels}-channel {dtype} images ({layout}; one sample is "
+        f"{sample}), but {taker} expects {takes} channel{'s' * (takes != 1)}.{hint}"
+    )
 
 
 def _example_batch(fitted: FittedInput, tokenizer, max_length, device):
@@ -346,8 +370,9 @@ def probe(backbone: nn.Module, preprocess, batch):
                 out = backbone(preprocess(batch) if preprocess is not None else batch)
             features = pool_features(out)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        images = preprocess is not None and batch.dtype == torch.uint8
         raise ValueError(
-            _first_layer_mismatch(backbone, shape)
+            _first_layer_mismatch(backbone, shape, images=images)
             or f"The backbone could not process an input of shape {shape} (one "
             f"sample of X): {type(exc).__name__}: {exc}"
         ) from exc
@@ -356,9 +381,13 @@ def probe(backbone: nn.Module, preprocess, batch):
     return features, order
 
 
-def _first_layer_mismatch(backbone: nn.Module, shape) -> str | None:
-    """Say so when X's width is not what the backbone's first layer takes."""
-    if not isinstance(shape, tuple) or len(shape) not in (2, 4):
+def _first_layer_mismatch(
+    backbone: nn.Module, shape, *, images: bool = False
+) -> str | None:
+    """Say so when X's width (features, or channels of images) is not what
+    the backbone's first layer takes (``images``: uint8 ``N x H x W (x C)``,
+    else float ``N x C x H x W``)."""
+    if not isinstance(shape, tuple) or len(shape) not in ((3, 4) if images else (2, 4)):
         return None
     kinds = (nn.Linear,) if len(shape) == 2 else (nn.Conv2d,)
     first = next(
@@ -367,14 +396,20 @@ def _first_layer_mismatch(backbone: nn.Module, shape) -> str | None:
     if first is None:
         return None
     name, layer = first
-    takes = layer.in_features if len(shape) == 2 else layer.in_channels
-    if takes == shape[1]:
+    if len(shape) > 2:
+        return _channel_mismatch(
+            shape[1:],
+            "uint8" if images else "float32",
+            images,
+            layer.in_channels,
+            f"the backbone's first layer ({name}: {layer})",
+        )
+    if layer.in_features == shape[1]:
         return None
-    what = "features" if len(shape) == 2 else "channels (N x C x H x W)"
     return (
-        f"X has {shape[1]} {what}, but the backbone's first layer ({name}: "
-        f"{layer}) takes {takes}: pass X with {takes} {what.split()[0]}, or a "
-        "backbone built for this data."
+        f"X has {shape[1]} features, but the backbone's first layer ({name}: "
+        f"{layer}) takes {layer.in_features}: pass X with {layer.in_features} "
+        "features, or a backbone built for this data."
     )
 
 

@@ -69,8 +69,10 @@ _COMMON_PARAMS = """
         it needs a ``train_split`` that returns subsets of the fit data (as
         skorch's ``ValidSplit`` does).
     image_size : None, "auto", int or (int, int), default=None
-        Resize uint8 images to this size before the backbone; "auto" uses the
-        backbone's pretrained input size, None keeps the images' size.
+        Resize uint8 images to this size before the backbone, in fit and
+        predict (a fitted estimator then takes images of any size); "auto"
+        uses the backbone's pretrained input size, None keeps the images'
+        size (predict then takes the size fit saw).
     cache : "auto", True or False, default="auto"
         Compute the frozen input side of the backbone once per sample instead
         of every epoch, and reuse it across refits, folds and grid-search

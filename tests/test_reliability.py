@@ -47,6 +47,14 @@ Y3 = np.arange(30) % 3
 IMG = rng.randint(0, 256, size=(30, 8, 8), dtype=np.uint8)
 TEXT = ["good food", "bad food", "very good", "very bad"] * 5
 TEXT_Y = np.array([1, 0, 1, 0] * 5)
+# Issue 23's inputs: eight samples each.
+Y8 = np.arange(8) % 2
+PAIRS = [("good food", "very good"), ("bad food", "very bad")] * 4
+TRIPLES = [("a", "b", "c")] * 8
+RGB = rng.randint(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
+RGB_64 = rng.randint(0, 256, size=(8, 64, 64, 3), dtype=np.uint8)
+UINT16 = rng.randint(0, 2**16, size=(8, 32, 32, 3)).astype(np.uint16)
+FIVE_BANDS = rng.randint(0, 256, size=(8, 32, 32, 5), dtype=np.uint8)
 
 
 def with_nan(a):
@@ -75,6 +83,18 @@ def reg(backbone=None, **kw):
 
 def fitted_clf():
     return clf().fit(X8, Y3)
+
+
+def rgb_clf(**kw):
+    return clf(ImageBackbone(rgb_cnn()), **kw)
+
+
+def fitted_rgb():
+    return rgb_clf().fit(RGB, Y8)
+
+
+def fitted_pairs():
+    return clf(text_backbone()).fit(PAIRS, Y8)
 
 
 # (id, make estimator, method, args, exception, message regex)
@@ -145,7 +165,9 @@ BAD_INPUT = [
         "fit",
         (IMG, Y3),
         ValueError,
-        r"X holds 1-channel images \(N x H x W x C\), but the backbone expects 3 channels. Repeat the gray channel",
+        r"X holds 1-channel uint8 images \(N x H x W; one sample is 8 x 8\), but the "
+        r"backbone expects 3 channels. Repeat the gray channel, e.g. "
+        r"np.repeat\(X\[..., None\], 3, axis=-1\)",
     ),
     (
         "channels-float",
@@ -153,7 +175,74 @@ BAD_INPUT = [
         "fit",
         (np.zeros((30, 1, 8, 8), np.float32), Y3),
         ValueError,
-        r"X holds 1-channel images \(N x C x H x W\), but the backbone expects 3",
+        r"X holds 1-channel float32 images \(N x C x H x W; one sample is 1 x 8 x 8\), "
+        "but the backbone expects 3",
+    ),
+    (
+        "channels-last-float",
+        lambda: clf(ImageBackbone(rgb_cnn())),
+        "fit",
+        (np.zeros((8, 32, 32, 3), np.float32), Y8),
+        ValueError,
+        r"X holds 32-channel float32 images \(N x C x H x W; one sample is "
+        r"32 x 32 x 3\), but the backbone expects 3 channels. If X is N x H x W x C, "
+        r"transpose it: X.transpose\(0, 3, 1, 2\)",
+    ),
+    (
+        "pair-of-three",
+        lambda: clf(text_backbone()),
+        "fit",
+        (TRIPLES, Y8),
+        ValueError,
+        r"X\[0\] is \('a', 'b', 'c'\) \(3 items\); every sample of text pairs must "
+        r"hold exactly two strings",
+    ),
+    (
+        "pair-of-three-later",
+        lambda: clf(text_backbone()),
+        "fit",
+        (PAIRS[:5] + TRIPLES[:3], Y8),
+        ValueError,
+        r"X\[5\] is \('a', 'b', 'c'\) \(3 items\); every sample of text pairs",
+    ),
+    (
+        "uint16-images",
+        rgb_clf,
+        "fit",
+        (UINT16, Y8),
+        ValueError,
+        r"X holds uint16 images \(8 x 32 x 32 x 3: N x H x W x C\), but images must "
+        r"be uint8 \(N x H x W x C or N x H x W\), or float32 \(N x C x H x W\) "
+        r"already normalized for the backbone. Scale them to uint8 over the range "
+        r"they use, e.g. \(X / 257\).astype\(np.uint8\) for the full 16-bit range",
+    ),
+    (
+        "int64-images",
+        rgb_clf,
+        "fit",
+        (RGB.astype(np.int64), Y8),
+        ValueError,
+        r"X holds int64 images \(8 x 32 x 32 x 3: N x H x W x C\), but images must "
+        r"be uint8 .* e.g. X.astype\(np.uint8\) when the values are 0-255",
+    ),
+    (
+        "five-channel-images",
+        rgb_clf,
+        "fit",
+        (FIVE_BANDS, Y8),
+        ValueError,
+        r"X holds 5-channel uint8 images \(N x H x W x C; one sample is 32 x 32 x 5\), "
+        r"but the backbone expects 3 channels. Keep 3 of them \(e.g. X\[..., :3\]\)",
+    ),
+    (
+        "five-channels-for-the-first-layer",
+        lambda: clf(tiny_cnn()),
+        "fit",
+        (FIVE_BANDS, Y8),
+        ValueError,
+        r"X holds 5-channel uint8 images \(N x H x W x C; one sample is 32 x 32 x 5\), "
+        r"but the backbone's first layer \(stem.0: Conv2d\(1, 4, .*\)\) expects 1 "
+        r"channel",
     ),
     (
         "strings-to-numeric-backbone",
@@ -324,6 +413,42 @@ BAD_INPUT = [
         "X has 5 features, but FineTuneClassifier is expecting 8 features as input",
     ),
     (
+        "predict-image-size",
+        fitted_rgb,
+        "predict",
+        (RGB_64,),
+        ValueError,
+        r"X holds 64 x 64 images \(H x W\), but FineTuneClassifier was fitted on "
+        r"32 x 32 images, and image_size=None keeps each image's own size: resize "
+        r"them to 32 x 32, or fit with image_size=\(32, 32\)",
+    ),
+    (
+        "predict-image-channels",
+        fitted_rgb,
+        "predict",
+        (FIVE_BANDS,),
+        ValueError,
+        r"X holds 5-channel images \(N x H x W x C; one sample is 32 x 32 x 5\), but "
+        r"FineTuneClassifier was fitted on 3-channel images \(one sample was "
+        r"32 x 32 x 3\)",
+    ),
+    (
+        "predict-uint16-images",
+        fitted_rgb,
+        "predict",
+        (UINT16,),
+        ValueError,
+        r"X holds uint16 images \(8 x 32 x 32 x 3: N x H x W x C\), but images must",
+    ),
+    (
+        "predict-pair-of-three",
+        fitted_pairs,
+        "predict",
+        (TRIPLES,),
+        ValueError,
+        r"X\[0\] is \('a', 'b', 'c'\) \(3 items\); every sample of text pairs",
+    ),
+    (
         "predict-kind",
         fitted_clf,
         "predict",
@@ -395,11 +520,64 @@ def test_bad_input_is_reported_and_nothing_is_mutated(
         getattr(estimator, method)(*args, **kwargs)
     if before is not None:
         assert_same_state(before, state_snapshot(backbone_module))
+    assert_unchanged(args, args_before)
+
+
+def assert_unchanged(args, args_before):
     for arg, arg_before in zip(args, args_before, strict=True):
         if isinstance(arg, np.ndarray) and arg.dtype != object:
             np.testing.assert_array_equal(arg, arg_before)
+            assert arg.dtype == arg_before.dtype
         elif isinstance(arg, list):
             assert arg == arg_before
+
+
+# (id, fitted estimator, X it predicts, method, bad args, message regex): text
+# and images alike, a failed fit, partial_fit or predict changes nothing.
+FAILED_CALLS = [
+    ("refit-pairs-of-three", fitted_pairs, PAIRS, "fit", (TRIPLES, Y8), "text pairs"),
+    (
+        "partial-fit-pairs-of-three",
+        fitted_pairs,
+        PAIRS,
+        "partial_fit",
+        (TRIPLES, Y8),
+        "text pairs",
+    ),
+    ("predict-pairs-of-three", fitted_pairs, PAIRS, "predict", (TRIPLES,), "pairs"),
+    ("refit-uint16", fitted_rgb, RGB, "fit", (UINT16, Y8), "uint16 images"),
+    ("predict-uint16", fitted_rgb, RGB, "predict", (UINT16,), "uint16 images"),
+    # Fails in the network build, after the checks of X and y passed.
+    ("refit-five-bands", fitted_rgb, RGB, "fit", (FIVE_BANDS, Y8), "5-channel"),
+    ("predict-five-bands", fitted_rgb, RGB, "predict", (FIVE_BANDS,), "5-channel"),
+    (
+        "partial-fit-image-size",
+        fitted_rgb,
+        RGB,
+        "partial_fit",
+        (RGB_64, Y8),
+        "64 x 64 images",
+    ),
+    ("predict-image-size", fitted_rgb, RGB, "predict", (RGB_64,), "64 x 64 images"),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "X", "method", "args", "message"),
+    [case[1:] for case in FAILED_CALLS],
+    ids=[case[0] for case in FAILED_CALLS],
+)
+def test_a_failed_call_leaves_the_fitted_estimator_and_the_input_unchanged(
+    make, X, method, args, message
+):
+    estimator = make()
+    proba, spec = estimator.predict_proba(X), estimator.input_spec_
+    args_before = copy.deepcopy(args)
+    with pytest.raises(ValueError, match=message):
+        getattr(estimator, method)(*args)
+    np.testing.assert_array_equal(estimator.predict_proba(X), proba)
+    assert estimator.input_spec_ == spec
+    assert_unchanged(args, args_before)
 
 
 # -- divergence -----------------------------------------------------------------

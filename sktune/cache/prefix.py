@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..data.text import is_texts
 from .split import NoCache, Split
 from .store import STORE, FeatureStore, sample_digests
 
@@ -233,7 +234,7 @@ class PrefixCache:
 
         Parameters
         ----------
-        X : array, list of texts or mapping of arrays
+        X : array, texts (:func:`~sktune.data.text.as_texts`) or mapping of arrays
         run : callable
             ``run(subset)`` yields ``(prefix outputs, inputs)`` per inference
             batch of a subset of ``X`` (the network's prefix, no gradients).
@@ -249,7 +250,7 @@ class PrefixCache:
         rows = self.store.lookup(self.key, digests)
         missing = [i for i, row in enumerate(rows) if row is None]
         if missing:
-            if isinstance(X, list):
+            if is_texts(X):
                 # Length buckets: sorted by length, a batch pads to texts of
                 # about its own length instead of the longest of a random mix.
                 missing.sort(key=lambda i: len(str(X[i])))

@@ -77,8 +77,27 @@ class ImagePreprocess(nn.Module):
             x = F.interpolate(
                 x, size=self.size, mode="bilinear", antialias=True, align_corners=False
             )
-        mean, std = self.mean[:, : x.shape[1]], self.std[:, : x.shape[1]]
-        return (x - mean) / std
+        return (x - _per_channel(self.mean, x)) / _per_channel(self.std, x)
+
+
+def _per_channel(stat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The normalization ``stat`` for the channels of ``x``.
+
+    Fewer channels than the statistics (gray into an RGB backbone) use the
+    first ones; more channels (multispectral bands) need the same value for
+    every channel, as without a pretrained normalization (mean 0, std 1).
+    """
+    channels = x.shape[1]
+    if stat.shape[1] >= channels:
+        return stat[:, :channels]
+    if torch.all(stat == stat[:, :1]):
+        return stat[:, :1]
+    raise ValueError(
+        f"The images have {channels} channels, but the backbone's pretrained "
+        f"normalization has {stat.shape[1]} ({stat.flatten().tolist()}): pass "
+        f"{stat.shape[1]}-channel images, or float32 N x C x H x W images "
+        "normalized yourself."
+    )
 
 
 def _positive_int(value) -> bool:

@@ -7,8 +7,11 @@ the same way in ``predict``:
   images, ...), validated by scikit-learn and converted to float32;
 - ``"image"``: uint8 ``N x H x W x C`` (or ``N x H x W``) pictures, kept as
   uint8 (4x smaller) and converted per batch by :class:`sktune.data.images.ImagePreprocess`;
+  integer images of another dtype (uint16, ...) are refused with the way to
+  convert them;
 - ``"text"`` / ``"pairs"``: strings or string pairs, tokenized per batch by
   :class:`sktune.data.text.TextCollator`, padded to the longest member of the batch;
+  validated into a 1-D object array (see :func:`sktune.data.text.as_texts`);
 - ``"mapping"``: already tokenized input (a dict of equal-length arrays, e.g.
   from skorch's ``HuggingfacePretrainedTokenizer``), passed to the backbone
   as keyword arguments.
@@ -20,6 +23,7 @@ sample of that spec (:meth:`FittedInput.example`).
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -28,7 +32,9 @@ import scipy.sparse as sp
 import torch
 from sklearn.utils import check_consistent_length
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import validate_data
+from sklearn.utils.validation import check_array, validate_data
+
+from .text import as_texts
 
 __all__ = [
     "KIND_NAMES",
@@ -135,22 +141,109 @@ def input_kind(X) -> str:
         first = X[0]
         if _is_str(first):
             return "text"
-        if isinstance(first, (list, tuple)) and len(first) == 2 and _is_str(first[0]):
+        # Strings in a sequence: meant as pairs, whatever their number (a
+        # triple is reported as a bad pair, not as numbers that fail to parse).
+        if isinstance(first, (list, tuple)) and any(map(_is_str, first)):
             return "pairs"
     if isinstance(X, np.ndarray):
         if X.dtype.kind in "US" or (
             X.dtype == object and X.size and _is_str(X.flat[0])
         ):
             return "pairs" if X.ndim == 2 and X.shape[1] == 2 else "text"
-        if X.dtype == np.uint8 and (
-            X.ndim == 3 or (X.ndim == 4 and X.shape[-1] in (1, 3, 4))
-        ):
+        if X.dtype == np.uint8 and (X.ndim == 3 or _channels_last(X.shape)):
             return "image"
     return "array"
 
 
-def _texts(X, kind: str, param: str = "X") -> list:
-    """Return ``X`` as a list of str (or of (str, str)), checking every entry."""
+def _channels_last(shape) -> bool:
+    """Whether a 4-D shape reads as ``N x H x W x C``: 1, 3 or 4 channels, or
+    fewer channels than either side (multispectral bands, say)."""
+    return len(shape) == 4 and (
+        shape[-1] in (1, 3, 4) or shape[-1] < min(shape[1], shape[2])
+    )
+
+
+def _shape(shape) -> str:
+    return " x ".join(str(int(d)) for d in shape)
+
+
+def _check_image_dtype(X, param: str = "X") -> None:
+    """Refuse integer images that are not uint8, saying how to convert them.
+
+    A clear error rather than support: uint8 has one meaning (0-255), but
+    16-bit data seldom spans 0-65535 (12-bit sensors, CT windows, satellite
+    reflectance up to about 10000), so a fixed division by 65535 would feed
+    the backbone near-black images and train silently worse. The right
+    scaling (range, window, per band) is the user's to choose; wider integer
+    arrays (int64 from ``np.stack``, say) are usually uint8 pixels that lost
+    their dtype, and a float reading would take them as normalized input.
+    """
+    if not isinstance(X, np.ndarray) or X.dtype.kind not in "ui":
+        return
+    if X.dtype == np.uint8:
+        return
+    if _channels_last(X.shape):
+        layout = "N x H x W x C"
+    elif X.ndim == 3 and X.dtype.itemsize == 2:  # 16-bit gray: medical scans
+        layout = "N x H x W"
+    else:
+        return
+    if X.dtype == np.uint16:
+        scale = "e.g. (X / 257).astype(np.uint8) for the full 16-bit range"
+    else:
+        scale = "e.g. X.astype(np.uint8) when the values are 0-255"
+    raise ValueError(
+        f"{param} holds {X.dtype} images ({_shape(X.shape)}: {layout}), but images "
+        "must be uint8 (N x H x W x C or N x H x W), or float32 (N x C x H x W) "
+        "already normalized for the backbone. Scale them to uint8 over the range "
+        f"they use, {scale}, or normalize them yourself to float32 N x C x H x W."
+    )
+
+
+def _image_channels(shape) -> int:
+    return int(shape[2]) if len(shape) == 3 else 1
+
+
+def _check_image_shape(estimator, X, param: str = "X") -> None:
+    """Images must have the channels, and (unless resized) the size, of fit's."""
+    fitted = estimator.input_spec_.shape
+    given = X.shape[1:]
+    name = type(estimator).__name__
+    channels = _image_channels(given)
+    if channels != _image_channels(fitted):
+        layout = "N x H x W x C" if len(given) == 3 else "N x H x W"
+        raise ValueError(
+            f"{param} holds {channels}-channel images ({layout}; one sample is "
+            f"{_shape(given)}), but {name} was fitted on "
+            f"{_image_channels(fitted)}-channel images (one sample was "
+            f"{_shape(fitted)})."
+        )
+    if tuple(given[:2]) != tuple(fitted[:2]) and estimator.image_size is None:
+        size = _shape(fitted[:2])
+        raise ValueError(
+            f"{param} holds {_shape(given[:2])} images (H x W), but {name} was "
+            f"fitted on {size} images, and image_size=None keeps each image's own "
+            f"size: resize them to {size}, or fit with "
+            f"image_size=({fitted[0]}, {fitted[1]}), which resizes every image to "
+            "that size in fit and predict."
+        )
+
+
+def _check_images(estimator, X, param: str = "X"):
+    """Images after fit: checked by shape, not by scikit-learn's feature
+    count (the height, for N x H x W x C), so a resized model takes any size."""
+    X = check_array(X, dtype=None, allow_nd=True, input_name=param)
+    _check_image_shape(estimator, X, param)
+    return X
+
+
+_REPR = reprlib.Repr()  # samples shown in errors: long texts cut short
+_REPR.maxstring = _REPR.maxother = 40
+
+
+def _texts(X, kind: str, param: str = "X") -> np.ndarray:
+    """Return ``X`` as texts (:func:`~sktune.data.text.as_texts`), checking every
+    entry: a string each, or a pair of exactly two strings each."""
     values = X.to_numpy() if hasattr(X, "to_numpy") else X
     if isinstance(values, np.ndarray) and kind == "text" and values.ndim == 2:
         if values.shape[1] != 1:
@@ -161,19 +254,28 @@ def _texts(X, kind: str, param: str = "X") -> list:
         values = values[:, 0]
     out = []
     for i, item in enumerate(values):
-        parts = (item,) if kind == "text" else tuple(item)
-        if len(parts) != (1 if kind == "text" else 2) or not all(map(_is_str, parts)):
-            expected = "a string" if kind == "text" else "a pair of strings"
+        if kind == "text":
+            if not _is_str(item):
+                raise ValueError(
+                    f"{param}[{i}] is {_REPR.repr(item)}; every sample of text input "
+                    "must be a string (missing values are not allowed)."
+                )
+            out.append(str(item))
+            continue
+        parts = tuple(item) if isinstance(item, (list, tuple, np.ndarray)) else None
+        if parts is None or len(parts) != 2 or not all(map(_is_str, parts)):
+            count = "" if parts is None else f" ({len(parts)} items)"
             raise ValueError(
-                f"{param}[{i}] is {item!r}; every sample of text input must be "
-                f"{expected} (missing values are not allowed)."
+                f"{param}[{i}] is {_REPR.repr(item)}{count}; every sample of text "
+                "pairs must hold exactly two strings (missing values are not "
+                "allowed)."
             )
-        out.append(str(parts[0]) if kind == "text" else (str(parts[0]), str(parts[1])))
+        out.append((str(parts[0]), str(parts[1])))
     if not out:
         raise ValueError(
             f"{param} is empty: found 0 samples, a minimum of 1 is required."
         )
-    return out
+    return as_texts(out)
 
 
 def _mapping(X, param: str = "X") -> dict:
@@ -207,9 +309,15 @@ def check_fit_data(estimator, X, y, *, reset: bool, regression: bool):
     ``n_features_in_`` and ``feature_names_in_``); text and mappings are
     checked here, their targets with the same scikit-learn helpers.
     """
+    _check_image_dtype(X)
     kind = input_kind(X)
     if not reset:
         _check_same_kind(estimator, kind)
+    if kind == "image" and not reset:
+        X = _check_images(estimator, _to_numpy(X))
+        y = _check_y(estimator, y, regression=regression)
+        check_consistent_length(X, y)
+        return X, y, FittedInput.of(X, kind)
     if kind in ("array", "image"):
         X, y = validate_data(
             estimator,
@@ -234,6 +342,7 @@ def check_fit_data(estimator, X, y, *, reset: bool, regression: bool):
 
 def check_predict_data(estimator, X, kind: str):
     """Validate prediction input against what ``fit`` saw."""
+    _check_image_dtype(X)
     _check_same_kind(estimator, input_kind(X))
     if kind == "array":
         X = validate_data(
@@ -245,9 +354,7 @@ def check_predict_data(estimator, X, kind: str):
         )
         return X.astype(np.float32, copy=False)
     if kind == "image":
-        return validate_data(
-            estimator, _to_numpy(X), reset=False, dtype=None, allow_nd=True
-        )
+        return _check_images(estimator, _to_numpy(X))
     if kind == "mapping":
         return _mapping(X)
     return _texts(X, kind)

@@ -14,7 +14,33 @@ from collections.abc import Sequence
 import numpy as np
 from torch.utils.data import Dataset, Subset, default_collate
 
-__all__ = ["TextCollator", "TextDataset", "mean_tokens", "token_lengths"]
+__all__ = [
+    "TextCollator",
+    "TextDataset",
+    "as_texts",
+    "is_texts",
+    "mean_tokens",
+    "token_lengths",
+]
+
+
+def as_texts(texts: Sequence) -> np.ndarray:
+    """Validated texts: a 1-D object array of str (or of (str, str) pairs).
+
+    An array rather than a list because skorch indexes its X by type: a list
+    it takes for a list of containers (``skorch.utils.check_indexing`` indexes
+    the first sample, so an empty first string raised IndexError in every
+    scoring callback), an array for an array of samples.
+    """
+    out = np.empty(len(texts), dtype=object)
+    for i, text in enumerate(texts):  # element-wise: pairs stay tuples
+        out[i] = text
+    return out
+
+
+def is_texts(X) -> bool:
+    """Whether ``X`` holds raw texts: validated ones (:func:`as_texts`) or a list."""
+    return isinstance(X, list) or (isinstance(X, np.ndarray) and X.dtype == object)
 
 
 class TextCollator:

@@ -53,6 +53,49 @@ def test_image_size_resizes_uint8_images(images):
         tiny_cnn(), image_size=16, max_epochs=1, random_state=0
     ).fit(X8, y)
     assert clf.module_.preprocess.size == (16, 16)
+    # Resized anyway, images of another size are welcome after fit too.
+    big = np.repeat(np.repeat(X8, 3, axis=1), 3, axis=2)  # 24 x 24
+    assert clf.module_.preprocess(torch.as_tensor(big[:2])).shape == (2, 1, 16, 16)
+    proba = clf.predict_proba(big)
+    assert proba.shape == (len(big), 3) and np.isfinite(proba).all()
+    clf.partial_fit(big, y)
+    assert clf.input_spec_.shape == (8, 8)  # what fit saw, not partial_fit
+
+
+def five_band_cnn():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(5, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
+
+
+def test_multispectral_uint8_images_reach_a_backbone_that_takes_their_bands():
+    rng = np.random.RandomState(0)
+    X = rng.randint(0, 256, size=(16, 12, 12, 5), dtype=np.uint8)
+    y = np.arange(16) % 2
+    params = dict(max_epochs=2, random_state=0, channels_last=False)
+    clf = FineTuneClassifier(five_band_cnn(), **params).fit(X, y)
+    assert clf.input_spec_.kind == "image" and clf.input_spec_.shape == (12, 12, 5)
+    # Without a pretrained normalization, pixels are scaled to [0, 1] only:
+    # the same model as float N x C x H x W images.
+    floats = (X.transpose(0, 3, 1, 2) / 255).astype(np.float32)
+    as_float = FineTuneClassifier(five_band_cnn(), **params).fit(floats, y)
+    np.testing.assert_allclose(
+        clf.predict_proba(X), as_float.predict_proba(floats), atol=1e-5
+    )
+
+
+def test_more_channels_than_the_pretrained_normalization_are_refused():
+    x = torch.zeros((1, 4, 4, 5), dtype=torch.uint8)
+    assert ImagePreprocess()(x).shape == (1, 5, 4, 4)  # mean 0, std 1: any bands
+    imagenet = ImagePreprocess((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    with pytest.raises(
+        ValueError,
+        match=r"The images have 5 channels, but the backbone's pretrained "
+        r"normalization has 3 \(\[0.485",
+    ):
+        imagenet(x)
 
 
 # -- channels-last layout

@@ -16,7 +16,14 @@ from sktune.data import FittedInput, input_kind
         (np.zeros((3, 4, 4, 3), dtype=np.uint8), "image"),
         (np.zeros((3, 4, 4), dtype=np.uint8), "image"),
         (np.zeros((3, 2), dtype=np.uint8), "array"),
+        # Channels last when fewer than either side (multispectral bands) ...
+        (np.zeros((3, 32, 32, 5), dtype=np.uint8), "image"),
+        # ... else channels first, as a float array.
+        (np.zeros((3, 3, 32, 32), dtype=np.uint8), "array"),
         (["a b", "c"], "text"),
+        (["", "c"], "text"),
+        ([("a", "b", "c")], "pairs"),  # a bad pair, reported as one
+        ([("", "b")], "pairs"),
         (np.array(["a", "b"]), "text"),
         (pd.Series(["a", "b"]), "text"),
         (pd.DataFrame({"q": ["a"], "a": ["b"]}), "pairs"),

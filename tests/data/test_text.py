@@ -14,6 +14,7 @@ from helpers import (
 
 from sktune import Backbone, FineTuneClassifier
 from sktune.data import TextCollator, TextDataset
+from sktune.data.text import as_texts
 from sktune.families.hf import TokenSplit
 
 
@@ -208,3 +209,66 @@ def test_group_by_length_refuses_a_training_set_it_cannot_map(reviews):
     clf = make_text_clf(max_epochs=1, group_by_length=True, train_split=first_half)
     with pytest.raises(ValueError, match=r"group_by_length=True groups the samples"):
         clf.fit(texts, labels)
+
+
+# -- empty texts ----------------------------------------------------------------
+
+# Empty reviews and messages are common in real data; one comes first here.
+EMPTY_FIRST = ["", "good food", "", "bad food"] * 4
+EMPTY_FIRST_Y = np.array([0, 1, 0, 0] * 4)
+
+
+@pytest.mark.parametrize(
+    ("kind", "split", "freeze"),
+    [
+        ("text", None, None),
+        ("text", "valid", "all"),  # the cached prefix of empty texts too
+        ("pairs", "valid", None),
+        ("pairs", None, "all"),
+    ],
+)
+def test_empty_strings_train_like_any_other_text(kind, split, freeze):
+    # skorch reads a list of strings as a list of containers and indexes the
+    # first sample: an empty one raised IndexError in every scoring callback.
+    from skorch.callbacks import EpochScoring
+    from skorch.dataset import ValidSplit
+
+    X = EMPTY_FIRST if kind == "text" else [("", t) for t in EMPTY_FIRST]
+    X_before = list(X)
+    clf = make_text_clf(
+        max_epochs=2,
+        freeze=freeze,
+        train_split=ValidSplit(4, stratified=True) if split else None,
+        callbacks=[EpochScoring("accuracy", on_train=True, name="train_acc")],
+    ).fit(X, EMPTY_FIRST_Y)
+    assert clf.input_spec_.kind == kind
+    assert set(clf.history_[-1]) >= {"train_acc", *(["valid_acc"] if split else [])}
+    proba = clf.predict_proba(X)
+    assert proba.shape == (len(X), 2) and np.isfinite(proba).all()
+    # Every empty text is the same input, wherever it stands.
+    np.testing.assert_array_equal(proba[0], proba[2])
+    assert X == X_before
+
+
+def test_an_empty_text_tokenizes(reviews, tmp_path):
+    texts, _ = reviews
+    path = str(save_tiny_hf_encoder(tmp_path, texts, "bert"))
+    clf = FineTuneClassifier(Backbone(path), max_epochs=1, random_state=0)
+    clf.fit(EMPTY_FIRST, EMPTY_FIRST_Y)
+    batch = clf._collator.encode(["", "good food"])
+    assert batch["attention_mask"].sum(1).tolist() == [2, 4]  # [CLS] [SEP] ...
+    assert np.isfinite(clf.predict_proba([""])).all()
+    # A tokenizer without special tokens gives an empty text no token at all.
+    words = make_text_clf(max_epochs=1).fit(EMPTY_FIRST, EMPTY_FIRST_Y)
+    assert words._collator.encode([""])["input_ids"].shape == (1, 0)
+    assert np.isfinite(words.predict_proba(["", ""])).all()
+
+
+def test_validated_texts_are_indexed_by_sample():
+    from skorch.utils import multi_indexing
+
+    texts = as_texts(["", "good", "bad"])
+    assert texts.dtype == object and texts.shape == (3,)
+    assert multi_indexing(texts, np.array([0, 2])).tolist() == ["", "bad"]
+    pairs = as_texts([("", "a"), ("b", "c")])
+    assert pairs.shape == (2,) and pairs[0] == ("", "a")
