@@ -31,12 +31,14 @@ import copy
 import numbers
 import os
 import threading
+import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
 from skorch.dataset import Dataset as SkorchDataset
 from skorch.dataset import unpack_data
 from skorch.exceptions import NotInitializedError
@@ -48,24 +50,28 @@ from ._modules import eval_mode
 from ._params import check_against_input, is_default, param_defaults, validate_params
 from ._random import epoch_seed, fit_seeds, seeded
 from ._restarts import fit_restarts
-from .adapters.inject import merge
+from .adapters.inject import adapter_params, merge
 from .backbones import as_backbone
 from .blocks import describe_blocks
 from .cache import WholeSplit
 from .cluster import reference
 from .data.inputs import check_fit_data, check_predict_data
 from .data.text import TextCollator, TextDataset, is_texts, mean_tokens, token_lengths
+from .diagnostics import constant_loss, learning_report, stage_losses
 from .families import family_of
 from .freeze import apply_freeze, options
 from .progress import EpochTable, FitProgress, bar, shows_bar
 from .runtime import compute_dtype, grad_scaler, resolve_device
 from .schedules import (
     WarmupDecay,
+    auto_backbone_lr,
     block_rates,
     check_schedule,
+    format_rates,
     frozen_at,
     param_groups,
     phases,
+    rates_in_effect,
 )
 
 __all__ = ["FineTuneMixin"]
@@ -415,7 +421,9 @@ class FineTuneMixin:
                 elif len(self.history_) == 0:
                     self._seeds = seeds[0]
             if len(seeds) == 1:
+                first_epoch = len(self.history_) + 1
                 super().partial_fit(X, y, **fit_params)
+                self._warn_if_learned_nothing(y, first_epoch)
                 return self
         fit_restarts(
             self,
@@ -428,7 +436,44 @@ class FineTuneMixin:
             lambda X_, y_, epochs: self._resume(X_, y_, epochs, **fit_params),
             cuda,
         )
+        self._warn_if_learned_nothing(y, 1)
         return self
+
+    def _warn_if_learned_nothing(self, y, first_epoch: int) -> None:
+        """One ``ConvergenceWarning`` when the fit ended no better than a
+        constant prediction (see :mod:`sktune.diagnostics`)."""
+        stages = stage_losses(self.history_, first_epoch)
+        if not stages or y is None:
+            return
+        try:
+            baseline = constant_loss(
+                lambda y_pred, y_true: self.get_loss(y_pred, y_true, training=False),
+                y,
+                regression=self._regression,
+                n_outputs=self._n_head_outputs,
+                device=self.device,
+            )
+        except (RuntimeError, ValueError, TypeError):
+            return  # a criterion that takes no constant prediction: no check
+        rates = self._rates()
+        backbone = self._network.backbone
+        message = learning_report(
+            stages,
+            baseline,
+            name=type(self).__name__,
+            what="the mean target" if self._regression else "the class prior",
+            rates=format_rates(rates),
+            lr=float(self.get_params_for("optimizer").get("lr", self.lr)),
+            backbone_lr=None if rates["top"] is None else rates["top"][1],
+            family_lr=(
+                None
+                if self.adapted_modules_
+                else family_of(backbone).backbone_lr(backbone)
+            ),
+        )
+        if message is not None:
+            # The user's fit / partial_fit call, four frames up.
+            warnings.warn(message, ConvergenceWarning, stacklevel=5)
 
     def _resume(self, X, y, epochs: int, **fit_params):
         """More epochs of the current training session (no new train begin)."""
@@ -639,6 +684,7 @@ class FineTuneMixin:
                 ),
                 f"  parameters: {total:,}, trainable {trainable:,} "
                 f"({100 * trainable / max(total, 1):.1f}%)",
+                f"  learning rates: {format_rates(self._rates())}",
                 f"  cache: {cached}",
                 f"  device: {self.device}, precision {self.precision}",
             ]
@@ -697,7 +743,8 @@ class FineTuneMixin:
         kwargs = self.get_params_for(prefix)
         patterns = kwargs.pop("param_groups", [])
         kwargs.setdefault("lr", self.lr)
-        backbone_lr = self.backbone_lr_
+        backbone_lr = self._resolve_backbone_lr(kwargs["lr"])
+        self.backbone_lr_ = backbone_lr
         groups = param_groups(
             named_parameters,
             {p: i for i, block in enumerate(self.blocks_) for p in block.params},
@@ -708,16 +755,24 @@ class FineTuneMixin:
         )
         return (groups,), kwargs
 
-    @property
-    def backbone_lr_(self) -> float:
-        """The learning rate of the block nearest the head (see ``backbone_lr``)."""
+    def _resolve_backbone_lr(self, lr) -> float:
+        """The rate of the block nearest the head (see ``backbone_lr``)."""
         if self.backbone_lr != "auto":
             return float(self.backbone_lr)
-        lr = float(self.get_params_for("optimizer").get("lr", self.lr))
         if self.adapted_modules_:
-            return lr  # adapters are fresh parameters, like the head
+            return float(lr)  # adapters are fresh parameters, like the head
         backbone = self._network.backbone
-        return family_of(backbone).backbone_lr_scale(backbone) * lr
+        return auto_backbone_lr(lr, family_of(backbone).backbone_lr(backbone))
+
+    def _rates(self) -> dict:
+        """The rates the optimizer applies (:func:`~sktune.schedules.rates_in_effect`)."""
+        net = self._network
+        return rates_in_effect(
+            self.optimizer_,
+            net.named_parameters(),
+            {p: i for i, block in enumerate(self.blocks_) for p in block.params},
+            adapter_params(net.backbone) if self.adapted_modules_ else (),
+        )
 
     @property
     def _default_callbacks(self):
@@ -1115,25 +1170,38 @@ class FineTuneMixin:
     # -- introspection ------------------------------------------------------
 
     def describe(self) -> str:
-        """A table of the backbone's blocks with frozen and trainable counts.
+        """A table of the backbone's blocks: counts, mode and learning rate.
 
         Returns
         -------
         str
             One row per block (input side first), then the head: parameter
-            counts, how many train, and whether the block runs in eval mode.
+            counts, how many train, whether the block runs in eval mode and
+            the learning rate it trains at; then the rates in one line (the
+            head's, the top and lowest trainable blocks' or adapters').
 
         Examples
         --------
         >>> print(clf.describe())  # doctest: +SKIP
-        block  name      params  trainable  frozen  mode
-        0      0            160          0     160  eval
-        ...
+        block  name      params  trainable  frozen  mode     lr
+        0      0            144          0     144  eval      -
+        1      2            272        272       0  train  0.01
+        2      5            272        272       0  train  0.01
+        head   Linear        51         51       0  train  0.01
+        learning rates: head 0.01, backbone 0.01 (blocks 1-2)
         """
         self.check_is_fitted()
         net = self._network
-        return describe_blocks(
-            net.backbone, self.blocks_, net.head, net.plan.eval_modules
+        rates = self._rates()
+        return (
+            describe_blocks(
+                net.backbone,
+                self.blocks_,
+                net.head,
+                net.plan.eval_modules,
+                rates=rates["params"],
+            )
+            + f"\nlearning rates: {format_rates(rates)}"
         )
 
 

@@ -237,7 +237,11 @@ def _block(module: nn.Module, name: str, module_names: list[str]) -> Block:
 
 
 def describe_blocks(
-    backbone: nn.Module, blocks: list[Block], head: nn.Module, eval_modules
+    backbone: nn.Module,
+    blocks: list[Block],
+    head: nn.Module,
+    eval_modules,
+    rates: dict[str, float] | None = None,
 ) -> str:
     """A table of the blocks and the head: parameters, trainable, frozen, mode.
 
@@ -251,6 +255,10 @@ def describe_blocks(
         The task head, listed last.
     eval_modules : iterable of str
         The backbone modules kept in eval mode while the rest trains.
+    rates : dict, optional
+        Parameter name in the network (``backbone.*``, ``head.*``) -> the
+        learning rate it trains at; adds an ``lr`` column (a row's highest
+        rate, ``-`` where nothing trains).
 
     Returns
     -------
@@ -259,7 +267,15 @@ def describe_blocks(
     """
     named = dict(backbone.named_parameters())
     frozen_modules = set(eval_modules)
+
+    def lr(names) -> list[str]:
+        if rates is None:
+            return []
+        found = [rates[n] for n in names if n in rates]
+        return [f"{max(found):.2g}" if found else "-"]
+
     rows = [("block", "name", "params", "trainable", "frozen", "mode")]
+    rows[0] += ("lr",) if rates is not None else ()
     for i, block in enumerate(blocks):
         params = [named[p] for p in block.params]
         n = sum(p.numel() for p in params)
@@ -273,6 +289,7 @@ def describe_blocks(
                 f"{trainable:,}",
                 f"{n - trainable:,}",
                 "eval" if frozen else "train",
+                *lr(f"backbone.{p}" for p in block.params),
             )
         )
     head_n = sum(p.numel() for p in head.parameters())
@@ -285,6 +302,7 @@ def describe_blocks(
             f"{head_trainable:,}",
             f"{head_n - head_trainable:,}",
             "train",
+            *lr(f"head.{n}" for n, _ in head.named_parameters()),
         )
     )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

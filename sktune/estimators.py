@@ -109,16 +109,21 @@ _COMMON_PARAMS = """
     criterion : torch criterion class, default={criterion}
     optimizer : torch optimizer class, default=torch.optim.AdamW
     lr : float, default=1e-3
-        The learning rate of the head (backbone parameters outside every
-        block train at ``backbone_lr``).
+        The learning rate of the head, and the most the backbone trains at
+        under ``backbone_lr="auto"`` (backbone parameters outside every block
+        train at ``backbone_lr``).
     backbone_lr : "auto" or float, default="auto"
         The learning rate of the backbone's trainable block nearest the head
         (discriminative learning rates: a pretrained backbone moves far less
-        than a fresh head). "auto": ``0.01 * lr`` for Hugging Face encoders
-        (1e-5 at the default ``lr``), ``0.03 * lr`` for vision transformers,
-        ``0.1 * lr`` for convolutional networks, ``lr`` for other modules;
-        with an adapter, ``lr``: adapters are fresh parameters, like the
-        head.
+        than a fresh head). "auto": the family's fine-tuning rate, or ``lr``
+        where that is lower: 1e-5 for Hugging Face encoders, 3e-5 for vision
+        transformers, 1e-4 for convolutional networks (AdamW rates), ``lr``
+        for other modules; with an adapter, ``lr``: adapters are fresh
+        parameters, like the head. So ``lr=5e-5``, the rate transformers
+        are fine-tuned at, trains a Hugging Face encoder at 1e-5 and the
+        head at 5e-5. The rates in effect show in the fit's summary and in
+        :meth:`describe`; a fit that ends no better than a constant
+        prediction warns (``ConvergenceWarning``) with them.
     layer_decay : None or float in (0, 1], default=None
         Layer-wise learning-rate decay: each block below the top trainable
         one trains at ``layer_decay`` times the rate of the block above it
@@ -177,7 +182,8 @@ _COMMON_ATTRIBUTES = """
     adapted_modules_ : list of str
         The backbone modules that carry adapters.
     backbone_lr_ : float
-        The learning rate the backbone's top trainable block trained at.
+        The learning rate the backbone's top trainable block trained at
+        (``backbone_lr`` resolved; set when the optimizer is built).
     restarts_ : list of dict
         With ``n_restarts > 1``: each restart's ``init_seed``, ``data_seed``
         and validation ``score``; ``best_restart_`` is the one kept.

@@ -3,9 +3,11 @@
 - :func:`frozen_at`: how many blocks a :class:`sktune.Freeze` schedule keeps
   frozen in each epoch (LP-FT's probe epochs, ULMFiT's gradual unfreezing);
   :func:`phases` groups a fit's epochs by it.
-- :func:`block_rates` and :func:`param_groups`: discriminative learning
-  rates (the head at ``lr``, the backbone lower, layer-wise decay from the
-  output side, as timm's ``param_groups_layer_decay``).
+- :func:`auto_backbone_lr`, :func:`block_rates` and :func:`param_groups`:
+  discriminative learning rates (the head at ``lr``, the backbone at its
+  family's rate or lower, layer-wise decay from the output side, as timm's
+  ``param_groups_layer_decay``); :func:`rates_in_effect` reads them back
+  from the optimizer.
 - :class:`LRSchedule` and :class:`WarmupDecay`: linear warmup, then linear
   or cosine decay, stepped every batch (a skorch callback on torch's
   ``LambdaLR``).
@@ -25,11 +27,14 @@ __all__ = [
     "LRSchedule",
     "WarmupDecay",
     "as_lr_schedule",
+    "auto_backbone_lr",
     "block_rates",
     "check_schedule",
+    "format_rates",
     "frozen_at",
     "param_groups",
     "phases",
+    "rates_in_effect",
 ]
 
 
@@ -101,6 +106,23 @@ def phases(first_epoch: int, epochs: int, frozen) -> list[tuple[int, int]]:
 # -- learning rates -------------------------------------------------------------
 
 
+def auto_backbone_lr(lr: float, family_rate: float | None) -> float:
+    """``backbone_lr="auto"``: the family's rate, never above ``lr``.
+
+    A pretrained backbone trains at its family's fine-tuning rate (1e-5 for
+    Hugging Face encoders at the default ``lr=1e-3``), or at ``lr`` where the
+    user asked for less: ``lr=5e-5`` on a transformer trains the backbone at
+    1e-5, ``lr=5e-6`` at 5e-6, and never at a hundredth of what was typed.
+    A family with no rate of its own (None) trains at ``lr``.
+
+    Examples
+    --------
+    >>> auto_backbone_lr(1e-3, 1e-5), auto_backbone_lr(5e-6, 1e-5)
+    (1e-05, 5e-06)
+    """
+    return float(lr) if family_rate is None else min(float(lr), family_rate)
+
+
 def block_rates(
     n_blocks: int, backbone_lr: float, layer_decay: float | None
 ) -> list[float]:
@@ -161,6 +183,77 @@ def param_groups(
         groups.append({"params": head})
     groups += [{"params": ps, "lr": rate} for rate, ps in sorted(by_rate.items())]
     return groups
+
+
+def rates_in_effect(optimizer, named_params, block_of, adapters=()) -> dict:
+    """The learning rates the optimizer applies, by part of the network.
+
+    Read back from the optimizer's groups (a schedule's base rate,
+    ``initial_lr``, where one runs), so ``optimizer__param_groups`` patterns
+    show as they act.
+
+    Parameters
+    ----------
+    optimizer : torch.optim.Optimizer
+    named_params : iterable of (str, Parameter)
+        The network's parameters (``backbone.*``, ``head.*``).
+    block_of : dict
+        Backbone parameter name -> block index.
+    adapters : collection of str
+        Backbone parameter names of adapters.
+
+    Returns
+    -------
+    dict
+        ``"params"``: parameter name -> rate, for those the optimizer holds;
+        ``"head"``: the head's rate; ``"top"`` and ``"lowest"``: ``(block,
+        rate)`` of the trainable blocks nearest the head and the input
+        (None when no block trains); ``"adapters"``: the adapters' highest
+        rate (None without adapters).
+    """
+    rate_of = {
+        id(p): group.get("initial_lr", group["lr"])
+        for group in optimizer.param_groups
+        for p in group["params"]
+    }
+    params = {n: rate_of[id(p)] for n, p in named_params if id(p) in rate_of}
+    head = [r for n, r in params.items() if not n.startswith("backbone.")]
+    blocks: dict[int, float] = {}
+    adapter_rates = []
+    for name, rate in params.items():
+        if not name.startswith("backbone."):
+            continue
+        inner = name[len("backbone.") :]
+        if inner in adapters:
+            adapter_rates.append(rate)
+        block = block_of.get(inner)
+        if block is not None:
+            blocks[block] = max(rate, blocks.get(block, rate))
+    top = max(blocks) if blocks else None
+    low = min(blocks) if blocks else None
+    return {
+        "params": params,
+        "head": max(head) if head else None,
+        "top": None if top is None else (top, blocks[top]),
+        "lowest": None if low is None else (low, blocks[low]),
+        "adapters": max(adapter_rates) if adapter_rates else None,
+    }
+
+
+def format_rates(rates: dict) -> str:
+    """One line: ``head 0.001, backbone 1e-05 (block 6) to 2.4e-06 (block 3)``."""
+    parts = [] if rates["head"] is None else [f"head {rates['head']:.2g}"]
+    if rates["top"] is not None:
+        (top, top_rate), (low, low_rate) = rates["top"], rates["lowest"]
+        what = "adapters" if rates["adapters"] is not None else "backbone"
+        if low == top or low_rate == top_rate:
+            span = f"block {top}" if low == top else f"blocks {low}-{top}"
+            parts.append(f"{what} {top_rate:.2g} ({span})")
+        else:
+            parts.append(
+                f"{what} {top_rate:.2g} (block {top}) to {low_rate:.2g} (block {low})"
+            )
+    return ", ".join(parts) or "nothing trains"
 
 
 # -- warmup and decay -------------------------------------------------------------

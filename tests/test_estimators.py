@@ -434,10 +434,13 @@ def test_describe_lists_blocks_with_counts(blobs):
         "trainable",
         "frozen",
         "mode",
+        "lr",
     ]
-    assert lines[1].split() == ["0", "0", "144", "0", "144", "eval"]
-    assert lines[2].split() == ["1", "2", "272", "272", "0", "train"]
-    assert lines[-1].split() == ["head", "Linear", "51", "51", "0", "train"]
+    # The rates each row trains at: a module of no known family at lr.
+    assert lines[1].split() == ["0", "0", "144", "0", "144", "eval", "-"]
+    assert lines[2].split() == ["1", "2", "272", "272", "0", "train", "0.01"]
+    assert lines[-2].split() == ["head", "Linear", "51", "51", "0", "train", "0.01"]
+    assert lines[-1] == "learning rates: head 0.01, backbone 0.01 (blocks 1-2)"
 
 
 def test_head_options(blobs):

@@ -17,7 +17,11 @@ from sklearn.model_selection import train_test_split
 
 from sktune import Backbone, FineTuneClassifier, Freeze
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # A healthy fit never warns that it learned nothing.
+    pytest.mark.filterwarnings("error::sklearn.exceptions.ConvergenceWarning"),
+]
 
 DATA = Path(__file__).parents[1] / "examples" / "data" / "sentiment_sentences.tsv"
 

@@ -32,6 +32,7 @@ def test_default_shows_a_bar_and_a_summary_in_a_terminal(blobs, monkeypatch, cap
     assert "blocks: 3, frozen 1" in out
     # 688 in the blocks, 51 in the head; the last two blocks and the head train.
     assert "parameters: 739, trainable 595 (80.5%)" in out
+    assert "learning rates: head 0.01, backbone 0.01 (blocks 1-2)" in out
     assert "cache: on" in out
     assert "train_loss" not in out  # the table waits for verbose=2
     bars = terminal.getvalue()

@@ -153,13 +153,44 @@ def test_the_head_and_each_block_learn_at_their_rates(blobs, images):
         0.0005: ["backbone.2.bias", "backbone.2.weight"],
         0.001: ["backbone.5.bias", "backbone.5.weight"],
     }
-    # "auto": a module of no known family, without convolutions, at lr.
-    auto = make_classifier(lr=1e-2, max_epochs=1).fit(X, y)
-    assert auto.backbone_lr_ == pytest.approx(1e-2)
-    cnn = make_classifier(tiny_cnn(), lr=1e-2, max_epochs=1).fit(*images)
-    assert cnn.backbone_lr_ == pytest.approx(1e-3)  # a tenth for a CNN
-    lora = make_classifier(tiny_cnn(), adapter="lora", lr=1e-2, max_epochs=1)
-    assert lora.fit(*images).backbone_lr_ == pytest.approx(1e-2)  # fresh adapters
+
+
+@pytest.mark.parametrize(
+    ("lr", "cnn_rate"),
+    [
+        (1e-2, 1e-4),  # the family's rate
+        (1e-3, 1e-4),  # the default lr
+        (5e-5, 5e-5),  # never above what the user asked for
+    ],
+)
+def test_auto_backbone_lr_is_the_family_rate_capped_by_lr(blobs, images, lr, cnn_rate):
+    # A module of no known family, without convolutions: at lr.
+    auto = make_classifier(lr=lr, max_epochs=1, verbose=0).fit(*blobs)
+    assert auto.backbone_lr_ == pytest.approx(lr)
+    cnn = make_classifier(tiny_cnn(), lr=lr, max_epochs=1, verbose=0).fit(*images)
+    assert cnn.backbone_lr_ == pytest.approx(cnn_rate)
+    rates = sorted(g["lr"] for g in cnn.optimizer_.param_groups)
+    assert rates == sorted({lr, cnn_rate}) or rates == [lr, cnn_rate]
+    # Adapters are fresh parameters, like the head: at lr.
+    lora = make_classifier(tiny_cnn(), adapter="lora", lr=lr, max_epochs=1)
+    assert lora.set_params(verbose=0).fit(*images).backbone_lr_ == pytest.approx(lr)
+    assert f"adapters {lr:.2g} (blocks 0-2)" in lora.describe().splitlines()[-1]
+
+
+def test_backbone_lr_is_set_by_fit(blobs):
+    clf = make_classifier(lr=1e-2, backbone_lr="auto", max_epochs=1, verbose=0)
+    with pytest.raises(AttributeError):
+        clf.backbone_lr_  # noqa: B018
+    assert clf.fit(*blobs).backbone_lr_ == pytest.approx(1e-2)
+
+
+def test_layer_decay_shows_the_lowest_trainable_block(blobs):
+    clf = make_classifier(
+        freeze=1, lr=1e-2, backbone_lr=1e-3, layer_decay=0.5, max_epochs=1, verbose=0
+    ).fit(*blobs)
+    assert clf.describe().splitlines()[-1] == (
+        "learning rates: head 0.01, backbone 0.001 (block 2) to 0.0005 (block 1)"
+    )
 
 
 def test_param_group_patterns_win_over_the_rates(blobs):

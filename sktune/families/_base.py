@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-__all__ = ["BlockOf", "Family", "Loaded", "did_you_mean", "loaded"]
+__all__ = ["CNN_LR", "BlockOf", "Family", "Loaded", "did_you_mean", "loaded"]
+
+#: ``backbone_lr="auto"`` of convolutional networks (timm, torchvision, others).
+CNN_LR = 1e-4
 
 # Parameter or buffer name -> block index, or None for "in no block".
 BlockOf = Callable[[str], "int | None"]
@@ -61,17 +64,19 @@ class Family:
         """Whether ``module`` belongs to this family."""
         return False
 
-    def backbone_lr_scale(self, module: nn.Module) -> float:
-        """``backbone_lr="auto"``: the backbone's rate as a fraction of ``lr``.
+    def backbone_lr(self, module: nn.Module) -> float | None:
+        """``backbone_lr="auto"``: the family's fine-tuning rate (AdamW).
 
-        A tenth for convolutional networks (pretrained filters move little);
-        for a module of no known family without convolutions, nothing is
-        known about it: the head's rate.
+        ``backbone_lr="auto"`` trains the backbone at this rate, or at ``lr``
+        where ``lr`` is lower (see :func:`sktune.schedules.auto_backbone_lr`).
+        1e-4 for convolutional networks (pretrained filters move little);
+        for a module of no known family without convolutions nothing is known
+        about it: None, the head's rate.
         """
         convolutional = any(
             isinstance(m, nn.modules.conv._ConvNd) for m in module.modules()
         )
-        return 0.1 if convolutional else 1.0
+        return CNN_LR if convolutional else None
 
     def load(self, name: str, pretrained: bool, kwargs: dict) -> Loaded:
         """Build the model ``name`` (pretrained weights fetched if asked)."""

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from torch import nn
 
 from .._modules import module_name, under
-from ._base import BlockOf, Family, Loaded, did_you_mean, loaded
+from ._base import CNN_LR, BlockOf, Family, Loaded, did_you_mean, loaded
 
 __all__ = ["TimmFamily", "timm_block_of", "timm_classifier", "timm_data_config"]
 
@@ -23,8 +23,8 @@ class TimmFamily(Family):
     spec_prefix = "timm"
     spec_example = "resnet18"
 
-    def backbone_lr_scale(self, module):
-        return 0.1  # convolutional networks
+    def backbone_lr(self, module):
+        return CNN_LR  # convolutional networks
 
     def matches(self, module):
         return loaded("timm") is not None and callable(

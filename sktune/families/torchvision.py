@@ -21,7 +21,7 @@ import re
 from torch import nn
 
 from .._modules import under
-from ._base import BlockOf, Family, Loaded, did_you_mean, loaded
+from ._base import CNN_LR, BlockOf, Family, Loaded, did_you_mean, loaded
 
 __all__ = ["TorchvisionFamily", "final_linear", "regex_block_of"]
 
@@ -33,8 +33,8 @@ class TorchvisionFamily(Family):
     spec_prefix = "torchvision"
     spec_example = "resnet18"
 
-    def backbone_lr_scale(self, module):
-        return 0.1  # convolutional networks
+    def backbone_lr(self, module):
+        return CNN_LR  # convolutional networks
 
     def matches(self, module):
         return type(module).__module__.startswith("torchvision.")

@@ -56,10 +56,10 @@ class ViTFamily(Family):
     def matches(self, module):
         return vit_kind(module) is not None
 
-    def backbone_lr_scale(self, module):
-        # 3e-5 at lr=1e-3, in the range vision transformers are tuned in
-        # (no pretrained ViT installs offline here to measure it on).
-        return 0.03
+    def backbone_lr(self, module):
+        # In the range vision transformers are tuned in (no pretrained ViT
+        # installs offline here to measure it on).
+        return 3e-5
 
     def block_of(self, module):
         if vit_kind(module) == "timm":

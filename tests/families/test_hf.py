@@ -340,3 +340,23 @@ def test_tokenized_mappings_are_cut_like_texts(tiny_encoder, reviews):
     np.testing.assert_allclose(
         on.predict_proba(mapping), off.predict_proba(mapping), atol=1e-4
     )
+
+
+@pytest.mark.parametrize(("lr", "expected"), [(1e-3, 1e-5), (5e-5, 1e-5), (5e-6, 5e-6)])
+def test_an_encoder_trains_at_its_family_rate_never_above_lr(
+    tiny_encoder, reviews, lr, expected
+):
+    # lr=5e-5, the rate transformers are fine-tuned at, once trained the
+    # encoder at a hundredth of it (5e-7) and learned nothing.
+    texts, labels = reviews
+    clf = FineTuneClassifier(
+        tiny_encoder, freeze=1, lr=lr, max_epochs=1, random_state=0, verbose=0
+    )
+    clf.fit(texts, labels)
+    assert clf.backbone_lr_ == pytest.approx(expected)
+    rates = sorted(round(g["lr"], 12) for g in clf.optimizer_.param_groups)
+    assert rates == sorted({lr, expected})
+    assert clf.describe().splitlines()[-1] == (
+        f"learning rates: head {lr:.2g}, backbone {expected:.2g} (blocks 1-"
+        f"{clf.n_blocks_ - 1})"
+    )
