@@ -66,7 +66,16 @@ def classifier(backbone, old_rule: bool) -> None:
     print(HEADER.format(metric="accuracy"), flush=True)
     probe = FineTuneClassifier(backbone, freeze="all", random_state=0, verbose=0)
     seconds, warned = fit(probe, X_train, y_train)
-    print(row("linear probe, defaults", probe, probe.score(X_test, y_test), seconds, warned), flush=True)
+    print(
+        row(
+            "linear probe, defaults",
+            probe,
+            probe.score(X_test, y_test),
+            seconds,
+            warned,
+        ),
+        flush=True,
+    )
     for lr in (2e-5, 5e-5, 1e-4):
         rules = [("auto", "auto")] + ([("old rule", 0.01 * lr)] if old_rule else [])
         for label, backbone_lr in rules:
@@ -82,7 +91,9 @@ def classifier(backbone, old_rule: bool) -> None:
             )
             seconds, warned = fit(clf, X_train, y_train)
             name = f"freeze=3, lr={lr:g}, backbone_lr={label}"
-            print(row(name, clf, clf.score(X_test, y_test), seconds, warned), flush=True)
+            print(
+                row(name, clf, clf.score(X_test, y_test), seconds, warned), flush=True
+            )
             if label == "auto" and lr == 5e-5:
                 print("\n" + clf._summary() + "\n", flush=True)
 
