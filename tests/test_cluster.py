@@ -12,7 +12,8 @@ import pytest
 import torch
 from helpers import make_classifier, mlp_backbone
 from safetensors.torch import save_file
-from sklearn.model_selection import GridSearchCV
+from sklearn.model_selection import GridSearchCV, cross_validate
+from skorch.callbacks import Callback
 
 from sktune import Backbone, FineTuneClassifier, share_backbones
 from sktune.cluster import _REGISTRY
@@ -96,17 +97,23 @@ def test_a_reference_without_its_snapshot_says_what_to_do(blobs):
         pickle.loads(payload)
 
 
-def _torch_threads():
-    return torch.get_num_threads()
+class TorchThreads(Callback):
+    """Records the torch threads a fit trains with (in whichever process)."""
+
+    def on_train_begin(self, net, **kwargs):
+        self.threads_ = torch.get_num_threads()
 
 
-def test_loky_workers_share_the_cores():
-    # joblib gives each of n_jobs processes cores // n_jobs threads.
+def test_fits_in_loky_workers_keep_their_share_of_the_cores(blobs):
+    # joblib gives each of n_jobs processes cores // n_jobs threads; a fit in
+    # a worker, its backbone shipped by share_backbones, trains with them.
+    X, y = blobs
     cores = len(os.sched_getaffinity(0))
-    threads = joblib.Parallel(n_jobs=2)(
-        joblib.delayed(_torch_threads)() for _ in range(2)
-    )
-    assert all(t * 2 <= max(cores, 2) for t in threads)
+    clf = make_classifier(big_mlp(), freeze=1, max_epochs=1, callbacks=[TorchThreads()])
+    with share_backbones():
+        folds = cross_validate(clf, X, y, cv=2, n_jobs=2, return_estimator=True)
+    for fold in folds["estimator"]:
+        assert dict(fold.callbacks_)["TorchThreads"].threads_ * 2 <= max(cores, 2)
 
 
 def test_parallel_search_matches_the_serial_one(blobs):

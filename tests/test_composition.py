@@ -4,7 +4,7 @@ and notebook display."""
 import numpy as np
 import pytest
 import torch
-from helpers import mlp_backbone
+from helpers import assert_same_state, mlp_backbone, state_snapshot
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.datasets import make_classification
 from sklearn.ensemble import StackingClassifier
@@ -41,13 +41,19 @@ def test_self_training_labels_the_unlabeled_samples(blobs):
     assert model.score(X, y) > 0.9
 
 
-def test_calibrated_classifier(blobs):
+def test_calibrated_classifier_fits_a_private_copy_per_fold(blobs):
     X, y = blobs
-    model = CalibratedClassifierCV(make_clf(), cv=3).fit(X, y)
-    proba = model.predict_proba(X)
-    assert proba.shape == (150, 3)
-    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
-    assert len(model.calibrated_classifiers_) == 3
+    clf = make_clf()
+    pristine = state_snapshot(clf.backbone.module())
+    model = CalibratedClassifierCV(clf, cv=3).fit(X, y)
+    folds = [c.estimator for c in model.calibrated_classifiers_]
+    # Every fold's clone shares the one pristine backbone and trained its own
+    # copy of it, on its own 100 samples; the pristine weights stay as they were.
+    assert all(fold.backbone is clf.backbone for fold in folds)
+    assert len({id(fold.module_.backbone) for fold in folds}) == len(folds)
+    for fold in folds:
+        assert sum(b["train_batch_size"] for b in fold.history_[-1, "batches"]) == 100
+    assert_same_state(pristine, state_snapshot(clf.backbone.module()))
     assert model.score(X, y) > 0.9
 
 

@@ -2,7 +2,9 @@
 
 import numpy as np
 import pytest
-from helpers import make_classifier
+from helpers import make_classifier, mlp_backbone
+from sklearn.metrics import r2_score
+from sklearn.model_selection import train_test_split
 from skorch.dataset import ValidSplit
 
 from sktune import FineTuneRegressor
@@ -39,12 +41,22 @@ def test_restarts_choose_on_the_users_validation_split(blobs):
 
 def test_restarts_of_a_regressor_score_by_r2(blobs):
     X, _ = blobs
-    from helpers import mlp_backbone
-
+    y = X[:, 0]
+    # restart_epochs == max_epochs: the fitted model is the best restart.
     reg = FineTuneRegressor(
-        mlp_backbone(), n_restarts=2, max_epochs=2, random_state=0
-    ).fit(X, X[:, 0])
-    assert all(r["score"] <= 1 for r in reg.restarts_)
+        mlp_backbone(), n_restarts=2, restart_epochs=2, max_epochs=2, random_state=0
+    ).fit(X, y)
+    scores = [r["score"] for r in reg.restarts_]
+    assert reg.best_restart_ == int(np.argmax(scores))
+    # The score is R² on the internal holdout: 20% of the samples, drawn
+    # by the first restart's data seed.
+    _, held_out = train_test_split(
+        np.arange(len(X)),
+        test_size=0.2,
+        random_state=reg.restarts_[0]["data_seed"] % 2**32,
+    )
+    r2 = r2_score(y[held_out], reg.predict(X[held_out]))
+    assert scores[reg.best_restart_] == pytest.approx(r2, rel=1e-5)
 
 
 def test_restart_epochs_beyond_the_fit_are_refused(blobs):

@@ -178,17 +178,25 @@ def test_hf_encoder_pickles_and_copies():
     assert restored.pooling == "cls"
 
 
-def test_distilbert_ignores_token_type_ids():
+def test_token_type_ids_reach_the_models_that_take_them():
     from sktune.families.hf import HFEncoder
 
+    ids = torch.tensor([[2, 5, 3, 7, 3]])
+    mask = torch.ones_like(ids)
+    second = torch.tensor([[0, 0, 0, 1, 1]])  # a pair: the second text's segment
+    bert = HFEncoder(tiny_bert()).eval()
+    with torch.no_grad():
+        alone = bert(ids, mask)
+        assert torch.equal(bert(ids, mask, torch.zeros_like(ids)), alone)
+        assert not torch.allclose(bert(ids, mask, second), alone)
+    # DistilBERT has no segments: it is given no token_type_ids, which it
+    # would refuse, and the output is the one without them.
     config = transformers.DistilBertConfig(
         dim=32, n_layers=1, n_heads=2, hidden_dim=37, vocab_size=100
     )
-    encoder = HFEncoder(transformers.DistilBertModel(config)).eval()
-    ids = torch.tensor([[2, 5, 3]])
+    distilbert = HFEncoder(transformers.DistilBertModel(config)).eval()
     with torch.no_grad():
-        out = encoder(ids, torch.ones_like(ids), torch.zeros_like(ids))
-    assert out.shape == (1, 32)
+        assert torch.equal(distilbert(ids, mask, second), distilbert(ids, mask))
 
 
 def test_bare_transformers_model_is_wrapped():
