@@ -27,8 +27,6 @@ METHODS = (
     "merge_adapters",
     "save_pretrained",
     "from_pretrained",
-    "save_trained",
-    "load_trained",
 )
 
 

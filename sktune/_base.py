@@ -1,78 +1,80 @@
 """FineTuneMixin: the scikit-learn and skorch protocol of both estimators.
 
 The mixin sits in front of skorch's ``NeuralNetClassifier`` /
-``NeuralNetRegressor`` in the MRO. It holds the protocol and delegates the
-rest: parameters and their validation (:mod:`sktune._params`), seeds
-(:mod:`sktune._random`), the network (:mod:`sktune._builder`), the
-frozen-prefix cache (:class:`sktune.cache.PrefixCache`), input checks
-(:mod:`sktune.data`).
+``NeuralNetRegressor`` in the MRO. It speaks the protocol and hands the
+work to collaborators, in the order of a fit:
 
-skorch hooks overridden, each for one reason:
+- parameters and their validation: :mod:`sktune._params`; seeds:
+  :mod:`sktune._random`;
+- input checks and target encoding: :mod:`sktune.data.inputs`;
+- the network, its blocks, freeze plans and caches: :mod:`sktune._builder`;
+- the learning rates: :mod:`sktune.schedules`;
+- the freeze stages, the split they share and what each trains on (the
+  frozen-prefix cache or the input): :class:`sktune.stages.FitStages`;
+- the DataLoaders: :mod:`sktune.data.loaders`;
+- backward and the divergence guard: :class:`sktune.runtime.StepGuard`;
+- restarts: :mod:`sktune._restarts`; did it learn: :mod:`sktune.diagnostics`;
+  the summary and bars: :mod:`sktune.progress`; files: :mod:`sktune.persistence`.
 
-- ``initialize_module``: the network comes from the builder;
-- ``get_all_learnable_params``: frozen parameters get no optimizer state;
-- ``get_dataset`` / ``get_iterator``: texts and cached rows bring their
-  own batching; training batches are shuffled by default, or grouped by
-  length; inference never advances the global RNG;
-- ``check_data``: data is validated before skorch sees it;
-- ``on_epoch_begin``: each epoch reseeds from ``(seed, epoch)``;
-- ``train_step_single``: stop before a non-finite step is applied;
-- ``evaluation_step``: predictions do not depend on batch composition;
-- ``save_params``: files are written atomically;
-- ``set_params``, ``_get_param_names``, ``__setattr__``: the backbone and
-  nested objects are parameters, not components;
-- ``fit``, ``partial_fit``, ``predict_proba``: the data is checked, the
-  targets encoded and the network sized before skorch's loop runs.
+Each skorch hook it overrides hands over in a few lines: ``fit`` and
+``partial_fit`` check the data first; ``initialize_module`` builds the
+network; ``get_all_learnable_params`` and ``get_params_for_optimizer`` give
+frozen parameters no optimizer state and each block its rate;
+``fit_loop``, ``get_split_datasets`` and ``on_epoch_begin`` run the stages
+on one split, each epoch reseeded; ``get_dataset`` and ``get_iterator``
+bring texts and cached rows their batching; ``train_step_single`` and
+``_step_optimizer`` go through the step guard; ``evaluation_step`` pads
+short batches; ``save_params`` writes atomically. ``set_params``,
+``__setattr__``, ``__sklearn_clone__``, ``__deepcopy__`` and the pickling
+hooks treat the backbone and nested objects as parameters, not components,
+and never copy a shared backbone. ``device="auto"`` and ``verbose`` are
+read by skorch through :mod:`sktune._scoped`, never written over.
 """
 
 from __future__ import annotations
 
 import copy
 import numbers
-import os
-import threading
-import warnings
-from collections.abc import Mapping
-from contextlib import contextmanager
+from contextlib import nullcontext, suppress
 
 import numpy as np
 import torch
 from sklearn.base import clone
-from sklearn.exceptions import ConvergenceWarning
-from skorch.dataset import Dataset as SkorchDataset
 from skorch.dataset import unpack_data
 from skorch.exceptions import NotInitializedError
-from skorch.utils import TeeGenerator, to_device
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from ._builder import build_network
-from ._modules import eval_mode
-from ._params import check_against_input, is_default, param_defaults, validate_params
+from ._params import (
+    NETWORK_PARAMS,
+    check_against_input,
+    estimator_repr,
+    pop_nested,
+    set_nested,
+    validate_params,
+)
 from ._random import epoch_seed, fit_seeds, seeded
 from ._restarts import fit_restarts
+from ._scoped import ScopedParam, private, restored_on_error, scoped
 from .adapters.inject import adapter_params, merge
 from .backbones import as_backbone
 from .blocks import describe_blocks
-from .cache import WholeSplit
 from .cluster import reference
 from .data.inputs import check_fit_data, check_predict_data
-from .data.text import TextCollator, TextDataset, is_texts, mean_tokens, token_lengths
-from .diagnostics import constant_loss, learning_report, stage_losses
-from .families import family_of
-from .freeze import apply_freeze, options
-from .progress import EpochTable, FitProgress, bar, shows_bar
-from .runtime import compute_dtype, grad_scaler, resolve_device
+from .data.loaders import make_loader, pad_batch
+from .data.text import TextCollator, TextDataset, is_texts
+from .diagnostics import warn_if_learned_nothing
+from .persistence import PretrainedMixin, save_atomically
+from .progress import bar, default_callbacks, fit_summary, shows_bar
+from .runtime import StepGuard, compute_dtype, grad_scaler, resolve_device
 from .schedules import (
-    WarmupDecay,
-    auto_backbone_lr,
-    block_rates,
-    check_schedule,
+    block_index,
     format_rates,
-    frozen_at,
-    param_groups,
-    phases,
+    optimizer_groups,
     rates_in_effect,
+    resolve_backbone_lr,
 )
+from .stages import FitStages, n_samples
 
 __all__ = ["FineTuneMixin"]
 
@@ -85,34 +87,16 @@ _SHARED_PARAMS = ("backbone", "accelerator")
 _NO_REINIT_PREFIXES = ("iterator_train__", "iterator_valid__", "dataset__")
 
 
-def _private(name: str) -> property:
-    """Back a skorch attribute set in ``__init__`` with a private slot.
-
-    skorch's ``__init__`` sets ``history_``, ``initialized_`` and
-    ``virtual_params_``; scikit-learn requires ``__init__`` to set nothing but
-    parameters. Storing them under ``_name`` keeps both happy, and raising
-    AttributeError while unset keeps skorch's "first init" detection working.
-    """
-    key = "_" + name.rstrip("_")
-
-    def fget(self):
-        try:
-            return self.__dict__[key]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def fset(self, value):
-        self.__dict__[key] = value
-
-    return property(fget, fset)
-
-
-class FineTuneMixin:
+class FineTuneMixin(PretrainedMixin):
     """Shared implementation; see :class:`sktune.FineTuneClassifier`."""
 
-    initialized_ = _private("initialized_")
-    history_ = _private("history_")
-    virtual_params_ = _private("virtual_params_")
+    initialized_ = private("initialized_")
+    history_ = private("history_")
+    virtual_params_ = private("virtual_params_")
+    # Parameters skorch reads with another value inside a call (see _scoped).
+    device = ScopedParam()
+    verbose = ScopedParam()
+    _predicting = ScopedParam(default=False)  # inside predict: a bar over batches
 
     def __init__(
         self,
@@ -179,21 +163,7 @@ class FineTuneMixin:
     # -- parameters ---------------------------------------------------------
 
     def __repr__(self) -> str:
-        # scikit-learn's style (the parameters set away from their defaults)
-        # rather than skorch's (the module, which is None until fit); a
-        # module backbone shows as its class, not its whole printout.
-        defaults = param_defaults(type(self))
-        shown = []
-        for name, value in sorted(self.get_params(deep=False).items()):
-            if name in defaults and is_default(value, defaults[name]):
-                continue
-            text = (
-                f"{type(value).__name__}(...)"
-                if isinstance(value, torch.nn.Module)
-                else getattr(value, "__name__", None) or repr(value)
-            )
-            shown.append(f"{name}={text}")
-        return f"{type(self).__name__}({', '.join(shown)})"
+        return estimator_repr(self)
 
     def __setattr__(self, name, value):
         # skorch registers any nn.Module assigned outside ``initialize_*`` as a
@@ -214,11 +184,7 @@ class FineTuneMixin:
 
     def set_params(self, **params):
         """Set parameters, nested ones (``freeze__depth``) included."""
-        nested: dict[str, dict] = {}
-        for key in list(params):
-            prefix, sep, sub = key.partition("__")
-            if sep and prefix in _OWN_PARAMS:
-                nested.setdefault(prefix, {})[sub] = params.pop(key)
+        nested = pop_nested(params, _OWN_PARAMS)
         if (
             "callbacks" in params
             and not getattr(self, "initialized_", False)
@@ -236,14 +202,7 @@ class FineTuneMixin:
             self.verbose = params.pop("verbose")
         with self._skorch_messages():
             super().set_params(**params)
-        for prefix, sub_params in nested.items():
-            target = getattr(self, prefix)
-            if not hasattr(target, "set_params"):
-                raise ValueError(
-                    f"Invalid parameter(s) {sorted(prefix + '__' + k for k in sub_params)}:"
-                    f" {prefix}={target!r} has no nested parameters."
-                )
-            target.set_params(**sub_params)
+        set_nested(self, nested)
         return self
 
     def __sklearn_clone__(self):
@@ -275,6 +234,17 @@ class FineTuneMixin:
         if shared is not None:
             state["backbone"] = shared
         return state
+
+    def __setstate__(self, state):
+        # skorch maps the pickled tensors to the pickled device; "auto" is
+        # this machine's device (a model fitted on a GPU loads on a CPU).
+        auto = state.get("device") == "auto"
+        if auto:
+            state = {**state, "device": resolve_device("auto")}
+        super().__setstate__(state)
+        if auto:
+            self.__dict__["device_"] = self.__dict__["device"]
+            self.__dict__["device"] = "auto"
 
     # -- fitting ------------------------------------------------------------
 
@@ -327,232 +297,71 @@ class FineTuneMixin:
         reset = not getattr(self, "initialized_", False)
         return self._fit(X, y, reset=reset, classes=classes, **fit_params)
 
-    @contextmanager
-    def _on_device(self):
-        """Inside, ``device`` is the resolved device (``"auto"``: CUDA if any).
+    def _fit(self, X, y, *, reset: bool, classes=None, **fit_params):
+        with self._on_device():
+            validate_params(self)
+            seeds = fit_seeds(self.random_state, self.n_restarts if reset else 1)
+            cuda = torch.cuda.is_available() and "cuda" in str(self.device)
+            with seeded(seeds[0].init, cuda=cuda):
+                with restored_on_error(self):
+                    X, y, fitted = check_fit_data(
+                        self, X, y, reset=reset, regression=self._regression
+                    )
+                    check_against_input(self, fitted.kind)
+                    y = self._encode_targets(y, reset=reset, classes=classes)
+                    if reset:
+                        self.input_spec_ = fitted
+                        self._seeds = seeds[0]
+                        self.initialize()
+                        self._fit_stages.check(self.max_epochs)
+                    elif len(self.history_) == 0:
+                        self._seeds = seeds[0]
+                if len(seeds) == 1:
+                    first_epoch = len(self.history_) + 1
+                    super().partial_fit(X, y, **fit_params)
+                    warn_if_learned_nothing(self, y, first_epoch, stacklevel=4)
+                    return self
+            fit_restarts(
+                self,
+                X,
+                y,
+                seeds,
+                lambda X_, y_, epochs: super(FineTuneMixin, self).partial_fit(
+                    X_, y_, epochs=epochs, **fit_params
+                ),
+                lambda X_, y_, epochs: self._resume(X_, y_, epochs, **fit_params),
+                cuda,
+            )
+            warn_if_learned_nothing(self, y, 1, stacklevel=4)
+            return self
 
-        skorch moves modules and batches to ``self.device`` in several
-        places; "auto" is resolved for the length of a call and given back.
-        """
-        if self.__dict__.get("device") != "auto":
-            yield
-            return
-        self.__dict__["device"] = resolve_device("auto")
-        try:
-            yield
-        finally:
-            self.__dict__["device"] = "auto"
+    def _on_device(self):
+        """Inside, skorch reads ``device="auto"`` as the device it resolves to
+        (CUDA where available); the parameter itself stays ``"auto"``."""
+        if self.__dict__.get("device") == "auto":
+            return scoped(self, device=resolve_device("auto"))
+        return nullcontext()
+
+    def _skorch_messages(self):
+        """skorch's "Re-initializing module." messages from verbose=2 on only
+        (inside, skorch reads ``verbose`` as 0; the parameter keeps its value)."""
+        verbose = self.__dict__.get("verbose", 0)  # (no int: fit refuses it)
+        if isinstance(verbose, numbers.Integral) and verbose < 2:
+            return scoped(self, verbose=0)
+        return nullcontext()
+
+    def _resume(self, X, y, epochs: int, **fit_params):
+        """More epochs of the current training session (no new train begin)."""
+        with suppress(KeyboardInterrupt):
+            self.fit_loop(X, y, epochs=epochs, **fit_params)
+        self.notify("on_train_end", X=X, y=y)
+
+    # -- initialization -----------------------------------------------------
 
     def initialize(self):
         """Initialize skorch's components, the network from the fitted input."""
         with self._on_device(), self._skorch_messages():
             return super().initialize()
-
-    @contextmanager
-    def _skorch_messages(self):
-        """skorch's own messages ("Re-initializing module.") from verbose=2 on.
-
-        At ``verbose=1`` a fit shows progress bars only; restarts and
-        ``set_params`` on a fitted estimator re-initialize without a word.
-        """
-        verbose = self.__dict__.get("verbose", 0)
-        if not isinstance(verbose, numbers.Integral) or verbose >= 2:
-            yield  # (a verbose that is no int fails validation in fit)
-            return
-        self.__dict__["verbose"] = 0
-        try:
-            yield
-        finally:
-            self.__dict__["verbose"] = verbose
-
-    def initialize_optimizer(self, *args, **kwargs):
-        super().initialize_optimizer(*args, **kwargs)
-        self._scaler = grad_scaler(self.precision, self.device)
-        return self
-
-    def __setstate__(self, state):
-        # skorch maps the pickled tensors to the pickled device; "auto" is
-        # this machine's device (a model fitted on a GPU loads on a CPU).
-        auto = state.get("device") == "auto"
-        if auto:
-            state = {**state, "device": resolve_device("auto")}
-        super().__setstate__(state)
-        if auto:
-            self.__dict__["device_"] = self.__dict__["device"]
-            self.__dict__["device"] = "auto"
-
-    def _fit(self, X, y, *, reset: bool, classes=None, **fit_params):
-        with self._on_device():
-            return self._fit_on_device(X, y, reset=reset, classes=classes, **fit_params)
-
-    @contextmanager
-    def _unchanged_on_error(self):
-        """A fit that fails before training leaves the estimator as it was.
-
-        The checks and the network build set fitted attributes (``input_spec_``,
-        ``classes_``, ``n_features_in_``, ``module_``) one by one; bad input
-        found halfway must not leave a fitted estimator predicting with a
-        mix of the old network and the new input's spec.
-        """
-        state = dict(self.__dict__)
-        try:
-            yield
-        except BaseException:
-            self.__dict__.clear()
-            self.__dict__.update(state)
-            raise
-
-    def _fit_on_device(self, X, y, *, reset: bool, classes=None, **fit_params):
-        validate_params(self)
-        seeds = fit_seeds(self.random_state, self.n_restarts if reset else 1)
-        cuda = torch.cuda.is_available() and "cuda" in str(self.device)
-        with seeded(seeds[0].init, cuda=cuda):
-            with self._unchanged_on_error():
-                X, y, fitted = check_fit_data(
-                    self, X, y, reset=reset, regression=self._regression
-                )
-                check_against_input(self, fitted.kind)
-                y = self._encode_targets(y, reset=reset, classes=classes)
-                if reset:
-                    self.input_spec_ = fitted
-                    self._seeds = seeds[0]
-                    self.initialize()
-                    self._check_schedule()
-                elif len(self.history_) == 0:
-                    self._seeds = seeds[0]
-            if len(seeds) == 1:
-                first_epoch = len(self.history_) + 1
-                super().partial_fit(X, y, **fit_params)
-                self._warn_if_learned_nothing(y, first_epoch)
-                return self
-        fit_restarts(
-            self,
-            X,
-            y,
-            seeds,
-            lambda X_, y_, epochs: super(FineTuneMixin, self).partial_fit(
-                X_, y_, epochs=epochs, **fit_params
-            ),
-            lambda X_, y_, epochs: self._resume(X_, y_, epochs, **fit_params),
-            cuda,
-        )
-        self._warn_if_learned_nothing(y, 1)
-        return self
-
-    def _warn_if_learned_nothing(self, y, first_epoch: int) -> None:
-        """One ``ConvergenceWarning`` when the fit ended no better than a
-        constant prediction (see :mod:`sktune.diagnostics`)."""
-        stages = stage_losses(self.history_, first_epoch)
-        if not stages or y is None:
-            return
-        try:
-            baseline = constant_loss(
-                lambda y_pred, y_true: self.get_loss(y_pred, y_true, training=False),
-                y,
-                regression=self._regression,
-                n_outputs=self._n_head_outputs,
-                device=self.device,
-            )
-        except (RuntimeError, ValueError, TypeError):
-            return  # a criterion that takes no constant prediction: no check
-        rates = self._rates()
-        backbone = self._network.backbone
-        message = learning_report(
-            stages,
-            baseline,
-            name=type(self).__name__,
-            what="the mean target" if self._regression else "the class prior",
-            rates=format_rates(rates),
-            lr=float(self.get_params_for("optimizer").get("lr", self.lr)),
-            backbone_lr=None if rates["top"] is None else rates["top"][1],
-            family_lr=(
-                None
-                if self.adapted_modules_
-                else family_of(backbone).backbone_lr(backbone)
-            ),
-        )
-        if message is not None:
-            # The user's fit / partial_fit call, four frames up.
-            warnings.warn(message, ConvergenceWarning, stacklevel=5)
-
-    def _resume(self, X, y, epochs: int, **fit_params):
-        """More epochs of the current training session (no new train begin)."""
-        try:
-            self.fit_loop(X, y, epochs=epochs, **fit_params)
-        except KeyboardInterrupt:
-            pass
-        self.notify("on_train_end", X=X, y=y)
-
-    def _check_schedule(self) -> None:
-        policy = options(self.freeze)
-        if policy.schedules():
-            check_schedule(
-                n_blocks=self.n_blocks_,
-                depth=self._depth,
-                probe_epochs=policy.probe_epochs,
-                unfreeze_every=policy.unfreeze_every,
-                max_epochs=self.max_epochs,
-            )
-
-    def _frozen_at(self, epoch: int) -> int:
-        """Blocks frozen in ``epoch`` (the policy's own depth without a schedule)."""
-        policy = options(self.freeze)
-        if not policy.schedules():
-            return self._depth
-        return frozen_at(
-            epoch,
-            n_blocks=self.n_blocks_,
-            depth=self._depth,
-            probe_epochs=policy.probe_epochs,
-            unfreeze_every=policy.unfreeze_every,
-        )
-
-    def fit_loop(self, X, y=None, epochs=None, **fit_params):
-        """skorch's loop, run stage by stage of the freeze schedule.
-
-        ``X`` is the validated input; each stage (a run of epochs with the
-        same frozen blocks) trains on its own data: the cached outputs of its
-        frozen prefix where that is exact, else the input. Stages share one
-        train/validation split.
-        """
-        epochs = self.max_epochs if epochs is None else epochs
-        self.__dict__["_epochs_planned"] = epochs
-        runs = phases(len(self.history_) + 1, epochs, self._frozen_at)
-        self.__dict__["_split_indices"] = {} if len(runs) > 1 else None
-        try:
-            for n_epochs, n_frozen in runs:
-                self._use_stage(n_frozen)
-                data = self._data(X, y, training=True)
-                super().fit_loop(data, y, epochs=n_epochs, **fit_params)
-        finally:
-            self.__dict__.pop("_split_indices", None)
-        return self
-
-    def _use_stage(self, n_frozen: int) -> None:
-        """Train with ``n_frozen`` blocks frozen, on that stage's cache."""
-        stage = self._stages[n_frozen]
-        apply_freeze(self._network.backbone, stage.plan)
-        self._network.set_stage(stage.plan, stage.prefix_cache.split)
-        self.prefix_cache_ = stage.prefix_cache
-
-    def get_split_datasets(self, X, y=None, **fit_params):
-        # Stages of a freeze schedule train on different data (cached at
-        # another cut) but must share one split: the first stage's indices
-        # are kept for the rest.
-        fixed = self.__dict__.get("_split_indices")
-        if fixed and "indices" in fixed:
-            dataset = self.get_dataset(X, y)
-            train, valid = fixed["indices"]
-            return Subset(dataset, train), (
-                None if valid is None else Subset(dataset, valid)
-            )
-        train, valid = super().get_split_datasets(X, y, **fit_params)
-        if fixed is not None and isinstance(train, Subset):
-            fixed["indices"] = (
-                train.indices,
-                valid.indices if isinstance(valid, Subset) else None,
-            )
-        return train, valid
 
     def initialize_module(self):
         """Build the network for the fitted input (see :mod:`sktune._builder`)."""
@@ -566,18 +375,9 @@ class FineTuneMixin:
             as_backbone(self.backbone),
             fitted,
             n_outputs=self._n_head_outputs,
-            freeze=self.freeze,
-            adapter=self.adapter,
-            head=self.head,
-            pooling=self.pooling,
-            image_size=self.image_size,
-            max_length=self.max_length,
-            channels_last=self.channels_last,
-            cache=self.cache,
-            cache_size=self.cache_size,
-            cache_dtype=self.cache_dtype,
             device=self._compute_device,
             precision=compute_dtype(self.precision),
+            **{name: getattr(self, name) for name in NETWORK_PARAMS},
         )
         self.module_ = built.network
         self.device_ = self._compute_device
@@ -585,15 +385,12 @@ class FineTuneMixin:
         self.n_blocks_ = len(built.blocks)
         self.tokenizer_ = built.tokenizer
         self.adapted_modules_ = built.adapted
-        self._stages = built.stages
-        self._depth = built.depth
-        self.prefix_cache_ = built.stages[built.depth].prefix_cache
-        final = built.stages[built.depth].plan
-        self._trainable = {
-            f"backbone.{n}"
-            for n, _ in built.network.backbone.named_parameters()
-            if n not in final.frozen_params
-        } | {f"head.{n}" for n, _ in built.network.head.named_parameters()}
+        self._family = built.family
+        self._fit_stages = FitStages(
+            built.stages, built.depth, len(built.blocks), self.freeze
+        )
+        self.prefix_cache_ = self._fit_stages.final.prefix_cache
+        self._trainable = self._fit_stages.trainable(built.network)
         self._collator = (
             TextCollator(built.tokenizer, built.max_length)
             if built.tokenizer is not None
@@ -611,125 +408,21 @@ class FineTuneMixin:
         """The FineTuneNetwork (``module_``, unwrapped where a wrapper holds it)."""
         return self.module_
 
-    @property
-    def cache_info_(self) -> dict:
-        """Whether the last fit used the frozen-prefix cache, why not, and counts."""
-        return self.prefix_cache_.info
-
-    def _cache_reason(self, X, *, training: bool) -> str | None:
-        """Why ``X`` would not run on cached prefix outputs (None: it would)."""
-        cache = self.prefix_cache_
-        iterator = "iterator_train" if training else "iterator_valid"
-        custom = not (
-            self.dataset is SkorchDataset
-            and "collate_fn" not in self.get_params_for(iterator)
-        )
-        ragged = cache.split is not None and cache.split.ragged
-        return cache.why_not(
-            _len(X),
-            custom_data=custom,
-            tokens_per_sample=_mean_tokens(X, self._collator) if ragged else None,
-        )
-
-    def _data(self, X, y, *, training: bool):
-        """What skorch loops over: cached rows, texts, or ``X`` itself."""
-        cache = self.prefix_cache_
-        reason = self._cache_reason(X, training=training)
-        if training:
-            use = cache.start_fit(reason, print if self.verbose >= 2 else None)
-            if len(self.history_) == 0 and (
-                self.verbose >= 2 or shows_bar(self.verbose)
-            ):
-                print(self._summary(), flush=True)
-        else:
-            use = reason is None
-        texts = is_texts(X)
-        if use:
-            rows = cache.outputs(X, self._prefix_batches, progress=self._prefix_bar)
-            lengths = TextDataset(X, None, self._collator).lengths if texts else None
-            return cache.dataset(rows, y, lengths)
-        if texts:
-            return TextDataset(X, y, self._collator)
-        return X
-
-    def _prefix_bar(self, batches):
-        return bar(
-            self.verbose, batches, desc="frozen prefix, once", unit="batch", delay=1
-        )
-
-    def _summary(self) -> str:
-        """One screen on what this fit trains, on which device, how fast."""
-        net = self._network
-        total = sum(p.numel() for p in net.parameters())
-        trainable = sum(
-            p.numel() for n, p in net.named_parameters() if n in self._trainable
-        )
-        frozen = self._frozen_at(1)
-        schedule = f", then {self._depth} (schedule)" if frozen != self._depth else ""
-        cache = self.prefix_cache_.info
-        if cache.get("enabled"):
-            cached = "on: the frozen prefix runs once per sample"
-        else:
-            cached = f"off ({cache.get('reason')})"
-        backbone = self.backbone
-        source = backbone if isinstance(backbone, str) else type(backbone).__name__
-        return "\n".join(
-            [
-                f"{type(self).__name__} on {source}",
-                f"  blocks: {self.n_blocks_}, frozen {frozen}{schedule}"
-                + (
-                    f"; adapters in {len(self.adapted_modules_)} modules"
-                    if self.adapted_modules_
-                    else ""
-                ),
-                f"  parameters: {total:,}, trainable {trainable:,} "
-                f"({100 * trainable / max(total, 1):.1f}%)",
-                f"  learning rates: {format_rates(self._rates())}",
-                f"  cache: {cached}",
-                f"  device: {self.device}, precision {self.precision}",
-            ]
-        )
-
-    def _prefix_batches(self, X):
-        """(prefix outputs, inputs) per inference batch of ``X``."""
-        return self._run_batches(X, self._network.prefix)
-
-    def _run_batches(self, X, fn):
-        """``fn`` over the inference batches of ``X``: (outputs, inputs) each.
-
-        In eval mode and without gradients; tensor batches are padded to the
-        batch size (see :meth:`evaluation_step`).
-        """
-        # Every sample, in every process: the cache must hold all rows (an
-        # accelerator would shard a prepared loader).
-        with eval_mode(self._network):
-            for batch in self._loader(self.get_dataset(X), training=False):
-                xb = to_device(unpack_data(batch)[0], self._compute_device)
-                with torch.no_grad():
-                    if isinstance(xb, Mapping):
-                        out = fn(**xb)
-                    else:
-                        out = fn(self._pad(xb))[: len(xb)]
-                yield out, xb
-
-    def check_data(self, X, y=None):
-        # Data is validated in fit/partial_fit, before skorch sees it.
-        pass
-
-    def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
-        super().on_epoch_begin(net, dataset_train, dataset_valid, **kwargs)
-        epoch = len(self.history_)
-        seed = getattr(self, "_seeds", None)
-        if seed is not None and seed.data is not None:
-            torch.manual_seed(epoch_seed(seed.data, epoch))
-        self.history_.record("frozen_blocks", self._frozen_at(epoch))
-
     def get_all_learnable_params(self):
         # Frozen parameters get no optimizer state (DESIGN.md, invariant 3);
         # those a freeze schedule unfreezes later are in from the start.
         for name, param in super().get_all_learnable_params():
             if name in self._trainable:
                 yield name, param
+
+    def initialize_optimizer(self, *args, **kwargs):
+        super().initialize_optimizer(*args, **kwargs)
+        self._guard = self._step_guard()
+        return self
+
+    def _step_guard(self) -> StepGuard:
+        """Backward and the divergence guard of each training step."""
+        return StepGuard(grad_scaler(self.precision, self.device_))
 
     def get_params_for_optimizer(self, prefix, named_parameters):
         """skorch's, with the head at ``lr`` and the backbone's blocks at theirs.
@@ -743,26 +436,21 @@ class FineTuneMixin:
         kwargs = self.get_params_for(prefix)
         patterns = kwargs.pop("param_groups", [])
         kwargs.setdefault("lr", self.lr)
-        backbone_lr = self._resolve_backbone_lr(kwargs["lr"])
-        self.backbone_lr_ = backbone_lr
-        groups = param_groups(
+        self.backbone_lr_ = resolve_backbone_lr(
+            self.backbone_lr,
+            kwargs["lr"],
+            adapters=bool(self.adapted_modules_),
+            family_rate=self._family.backbone_lr(self._network.backbone),
+        )
+        groups = optimizer_groups(
             named_parameters,
-            {p: i for i, block in enumerate(self.blocks_) for p in block.params},
-            block_rates(self.n_blocks_, backbone_lr, self.layer_decay),
-            backbone_lr,
-            patterns,
+            self.blocks_,
             lr=kwargs["lr"],
+            backbone_lr=self.backbone_lr_,
+            layer_decay=self.layer_decay,
+            patterns=patterns,
         )
         return (groups,), kwargs
-
-    def _resolve_backbone_lr(self, lr) -> float:
-        """The rate of the block nearest the head (see ``backbone_lr``)."""
-        if self.backbone_lr != "auto":
-            return float(self.backbone_lr)
-        if self.adapted_modules_:
-            return float(lr)  # adapters are fresh parameters, like the head
-        backbone = self._network.backbone
-        return auto_backbone_lr(lr, family_of(backbone).backbone_lr(backbone))
 
     def _rates(self) -> dict:
         """The rates the optimizer applies (:func:`~sktune.schedules.rates_in_effect`)."""
@@ -770,26 +458,53 @@ class FineTuneMixin:
         return rates_in_effect(
             self.optimizer_,
             net.named_parameters(),
-            {p: i for i, block in enumerate(self.blocks_) for p in block.params},
+            block_index(self.blocks_),
             adapter_params(net.backbone) if self.adapted_modules_ else (),
         )
 
     @property
     def _default_callbacks(self):
-        # skorch's, the epoch table from verbose=2 on, a progress bar before
-        # it and, with a schedule, the schedule before both.
-        callbacks = [
-            (name, EpochTable() if name == "print_log" else cb)
-            for name, cb in super()._default_callbacks
-        ]
-        at = next(
-            (i for i, (name, _) in enumerate(callbacks) if name == "print_log"),
-            len(callbacks),
+        return default_callbacks(super()._default_callbacks, self.lr_schedule)
+
+    # -- the training loop ----------------------------------------------------
+
+    def check_data(self, X, y=None):
+        pass  # Data is validated in fit/partial_fit, before skorch sees it.
+
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        """skorch's loop, run stage by stage of the freeze schedule.
+
+        ``X`` is the validated input; each stage (a run of epochs with the
+        same frozen blocks) trains on its own data: the cached outputs of its
+        frozen prefix where that is exact, else the input (see
+        :class:`sktune.stages.FitStages`).
+        """
+        epochs = self.max_epochs if epochs is None else epochs
+
+        def loop(data, n_epochs):
+            super(FineTuneMixin, self).fit_loop(data, y, epochs=n_epochs, **fit_params)
+
+        def announce():
+            if self.verbose >= 2 or shows_bar(self.verbose):
+                print(fit_summary(self, format_rates(self._rates())), flush=True)
+
+        self._fit_stages.run(self, X, y, epochs, loop, announce)
+        return self
+
+    def get_split_datasets(self, X, y=None, **fit_params):
+        # The stages of a freeze schedule share the first stage's split.
+        return self._fit_stages.split(
+            self.get_dataset(X, y),
+            lambda: super(FineTuneMixin, self).get_split_datasets(X, y, **fit_params),
         )
-        callbacks.insert(at, ("progress", FitProgress()))
-        if self.lr_schedule is not None:
-            callbacks.insert(at, ("warmup_decay", WarmupDecay()))
-        return callbacks
+
+    def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        super().on_epoch_begin(net, dataset_train, dataset_valid, **kwargs)
+        epoch = len(self.history_)
+        seed = getattr(self, "_seeds", None)
+        if seed is not None and seed.data is not None:
+            torch.manual_seed(epoch_seed(seed.data, epoch))
+        self.history_.record("frozen_blocks", self._fit_stages.frozen_at(epoch))
 
     def get_dataset(self, X, y=None):
         if isinstance(X, Dataset):
@@ -801,165 +516,48 @@ class FineTuneMixin:
     def get_iterator(self, dataset, training=False):
         return self._with_bar(self._loader(dataset, training=training))
 
+    def _loader(self, dataset, *, training: bool):
+        """The DataLoader of ``dataset`` (see :mod:`sktune.data.loaders`)."""
+        name = "iterator_train" if training else "iterator_valid"
+        return make_loader(
+            dataset,
+            iterator=getattr(self, name),
+            kwargs={"batch_size": self.batch_size, **self.get_params_for(name)},
+            training=training,
+            group_by_length=self.group_by_length,
+            collator=self._collator,
+        )
+
     def _with_bar(self, loader):
         """A long prediction shows a bar (after a second, where watched)."""
-        if self.__dict__.get("_predicting"):
+        if self._predicting:
             return bar(self.verbose, loader, desc="predict", unit="batch", delay=1)
         return loader
 
-    def _loader(self, dataset, *, training: bool):
-        """The DataLoader of ``dataset``.
-
-        Unlike skorch, training batches are shuffled unless told otherwise;
-        an inference loader draws its base seed from a private generator, so
-        predicting never advances the global torch RNG. Texts and cached rows
-        bring their own collate function.
-        """
-        if training:
-            kwargs = {"shuffle": True, "batch_size": self.batch_size}
-            kwargs.update(self.get_params_for("iterator_train"))
-            iterator = self.iterator_train
-        else:
-            kwargs = {"generator": torch.Generator(), "batch_size": self.batch_size}
-            kwargs.update(self.get_params_for("iterator_valid"))
-            iterator = self.iterator_valid
-        if kwargs["batch_size"] == -1:
-            kwargs["batch_size"] = len(dataset)
-        if training and self.group_by_length and kwargs.get("shuffle", False):
-            if "sampler" not in kwargs and "batch_sampler" not in kwargs:
-                del kwargs["shuffle"]
-                kwargs["sampler"] = self._length_sampler(dataset, kwargs["batch_size"])
-        base = dataset
-        while isinstance(base, Subset):
-            base = base.dataset
-        collate = getattr(base, "collate_fn", None)
-        if collate is None and isinstance(base, TextDataset):
-            collate = self._collator
-        if collate is not None:
-            kwargs.setdefault("collate_fn", collate)
-        return iterator(dataset, **kwargs)
-
-    def _length_sampler(self, dataset, batch_size):
-        """Shuffled, then sorted by length within mega-batches of up to 50
-        batches (transformers' ``LengthGroupedSampler``): a batch pads to
-        texts of about its own length."""
-        from transformers.trainer_pt_utils import LengthGroupedSampler
-
-        lengths = token_lengths(dataset)
-        if lengths is None:
-            raise ValueError(
-                "group_by_length=True groups the samples passed to fit by their "
-                f"token counts, but the training data set ({type(dataset).__name__}) "
-                "is not the fit data or a subset of it: use a train_split that "
-                "returns subsets (like skorch's ValidSplit), or group_by_length=False."
-            )
-        return LengthGroupedSampler(batch_size, lengths=lengths)
-
     def train_step_single(self, batch, **fit_params):
-        # skorch's, with the loss scaled for float16 and a divergence guard.
+        # skorch's, through the step guard: the loss scaled for float16 (or
+        # the accelerator's backward), and no non-finite step applied.
         self._set_training(True)
         Xi, yi = unpack_data(batch)
-        y_pred = self.infer(Xi, **fit_params)
-        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
-        scaler = getattr(self, "_scaler", None)
-        if scaler is None:
-            loss.backward()
-        else:
-            scaler.scale(loss).backward()
-            scaler.unscale_(self.optimizer_)  # callbacks see true gradients
-        self._check_finite(loss.detach(), scaled=scaler is not None)
+        guard = self._guard
+        with guard.autocast():
+            y_pred = self.infer(Xi, **fit_params)
+            loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        guard.backward(loss, self.optimizer_)
+        guard.check(
+            loss.detach(),
+            self.optimizer_,
+            f"epoch {len(self.history_)}, batch {len(self.history_[-1]['batches'])}",
+            self.lr,
+        )
         return {"loss": loss, "y_pred": y_pred}
 
-    def _check_finite(self, loss, *, scaled: bool) -> None:
-        """Raise before the optimizer applies a non-finite step.
-
-        The weights stay those of the last finite step, and the estimator
-        usable. With float16 gradient scaling, an overflowing gradient is
-        the scaler's business (it skips the step and lowers the scale); only
-        the loss is checked.
-        """
-        grads = (
-            []
-            if scaled
-            else [
-                # The optimizer's own parameter list: walking the whole
-                # module's parameters every batch cost 17% of a cached probe.
-                p.grad
-                for group in self.optimizer_.param_groups
-                for p in group["params"]
-                if p.grad is not None
-            ]
-        )
-        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else 0.0
-        if torch.isfinite(loss + grad_norm):  # one check (one sync), usually
-            return
-        what = (
-            f"loss is {loss.item()}"
-            if not torch.isfinite(loss)
-            else "gradient is not finite"
-        )
-        raise FloatingPointError(
-            f"Training diverged at epoch {len(self.history_)}, batch "
-            f"{len(self.history_[-1]['batches'])}: the {what}. The estimator keeps "
-            f"the weights of the last finite step; try a lower learning rate than "
-            f"lr={self.lr}."
-        )
-
-    def train_step(self, batch, **fit_params):
-        scaler = getattr(self, "_scaler", None)
-        if scaler is None:
-            return super().train_step(batch, **fit_params)
-        # GradScaler steps the optimizer itself (no closure).
-        self._zero_grad_optimizer()
-        step = self.train_step_single(batch, **fit_params)
-        self.notify(
-            "on_grad_computed",
-            named_parameters=TeeGenerator(self.get_all_learnable_params()),
-            batch=batch,
-            training=True,
-        )
-        scaler.step(self.optimizer_)
-        scaler.update()
-        return step
-
-    def save_params(
-        self,
-        f_params=None,
-        f_optimizer=None,
-        f_criterion=None,
-        f_history=None,
-        use_safetensors=False,
-        **kwargs,
-    ):
-        """skorch's ``save_params``, writing each file atomically.
-
-        Each file is written next to its target under a temporary name and
-        moved into place only when complete, so an interrupted save never
-        leaves a half-written file where a good one was.
-        """
-        files = dict(
-            kwargs,
-            f_params=f_params,
-            f_optimizer=f_optimizer,
-            f_criterion=f_criterion,
-            f_history=f_history,
-        )
-        staged = {}
-        for key, target in files.items():
-            if isinstance(target, (str, os.PathLike)):
-                staged[key] = (
-                    target,
-                    f"{os.fspath(target)}.{os.getpid()}.{threading.get_ident()}.tmp",
-                )
-                files[key] = staged[key][1]
-        try:
-            super().save_params(use_safetensors=use_safetensors, **files)
-            for target, tmp in staged.values():
-                os.replace(tmp, target)
-        finally:
-            for _, tmp in staged.values():
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+    def _step_optimizer(self, step_fn):
+        # A gradient scaler steps the optimizer itself, without a closure.
+        if self._guard.scaler is None:
+            return super()._step_optimizer(step_fn)
+        step_fn()
+        self._guard.step(self.optimizer_)
 
     # -- prediction ---------------------------------------------------------
 
@@ -978,20 +576,17 @@ class FineTuneMixin:
         Xi, yi = unpack_data(batch)
         if training:
             return super().evaluation_step(batch, training=training)
-        padded = self._pad(Xi)
+        size = self.get_params_for("iterator_valid").get("batch_size", self.batch_size)
+        padded = pad_batch(Xi, size)
         if padded is Xi:
             return super().evaluation_step(batch, training=training)
-        return super().evaluation_step((padded, yi), training=training)[: _len(Xi)]
+        return super().evaluation_step((padded, yi), training=training)[: n_samples(Xi)]
 
     def _forward_numpy(self, X) -> np.ndarray:
         """Raw head outputs for validated ``X``, one row per sample."""
-        with self._on_device():
-            data = X if isinstance(X, Dataset) else self._data(X, None, training=False)
-            self.__dict__["_predicting"] = True
-            try:
-                return super().predict_proba(data)
-            finally:
-                self.__dict__.pop("_predicting", None)
+        with self._on_device(), scoped(self, _predicting=True):
+            data = X if isinstance(X, Dataset) else self._fit_stages.dataset(self, X)
+            return super().predict_proba(data)
 
     def embed(self, X) -> np.ndarray:
         """The pooled backbone features of ``X``: what the head sees.
@@ -1009,31 +604,8 @@ class FineTuneMixin:
         ndarray of shape (n_samples, n_features)
         """
         X = self._check_predict_X(X)
-        cache = self.prefix_cache_
         with self._on_device():
-            if (
-                isinstance(cache.split, WholeSplit)
-                and self._cache_reason(X, training=False) is None
-            ):
-                rows = cache.outputs(X, self._prefix_batches)
-                return rows.to(cache.row_dtype).float().numpy()
-            batches = self._run_batches(X, self._network.features)
-            return torch.cat([out.cpu().float() for out, _ in batches]).numpy()
-
-    def _pad(self, xb):
-        """Pad a short batch to the inference batch size (see evaluation_step).
-
-        Tensor batches and batches of cached rows held in one tensor are
-        padded; others (tokenized text, whose width varies anyway) are
-        returned as they are.
-        """
-        size = self.get_params_for("iterator_valid").get("batch_size", self.batch_size)
-        if isinstance(xb, Mapping) and isinstance(xb.get("cached"), torch.Tensor):
-            padded = self._pad(xb["cached"])
-            return xb if padded is xb["cached"] else {**xb, "cached": padded}
-        if not isinstance(xb, torch.Tensor) or size == -1 or len(xb) >= size:
-            return xb
-        return torch.cat([xb, xb[:1].expand(size - len(xb), *xb.shape[1:])])
+            return self._fit_stages.embed(self, X)
 
     # -- the trained part ------------------------------------------------------
 
@@ -1056,116 +628,38 @@ class FineTuneMixin:
         merge(self._network.backbone)
         return self
 
-    def save_trained(self, path) -> None:
-        """Write the trained part of the network to a safetensors file.
+    def save_params(
+        self,
+        f_params=None,
+        f_optimizer=None,
+        f_criterion=None,
+        f_history=None,
+        use_safetensors=False,
+        **kwargs,
+    ):
+        """skorch's ``save_params``, writing each file atomically.
 
-        The trained part: the head, the adapters, the blocks ``freeze`` left
-        trainable (with an adapter, the adapters and the head only: a small
-        file), and the buffers that trained with them (BatchNorm statistics
-        under ``Freeze(train_bn=True)``). Load it into an estimator fitted
-        alike with :meth:`load_trained`.
-
-        Parameters
-        ----------
-        path : str or path-like
+        Each file is written next to its target under a temporary name and
+        moved into place only when complete, so an interrupted save never
+        leaves a half-written file where a good one was.
         """
-        from safetensors.torch import save_file
-
-        from .persistence import trained_state
-
-        self.check_is_fitted()
-        save_file(
-            trained_state(self), os.fspath(path), metadata={"format": "sktune-trained"}
+        save_atomically(
+            lambda **files: super(FineTuneMixin, self).save_params(
+                use_safetensors=use_safetensors, **files
+            ),
+            dict(
+                kwargs,
+                f_params=f_params,
+                f_optimizer=f_optimizer,
+                f_criterion=f_criterion,
+                f_history=f_history,
+            ),
         )
 
-    def load_trained(self, path):
-        """Load a trained part written by :meth:`save_trained`.
-
-        Parameters
-        ----------
-        path : str or path-like
-
-        Returns
-        -------
-        self
-
-        Raises
-        ------
-        ValueError
-            When the file does not fit this estimator's network (other
-            parameters or shapes); the network is left as it was.
-        """
-        from .backbones.weights import read_state_dict
-        from .persistence import trained_keys
-
-        self.check_is_fitted()
-        state = read_state_dict(path, param="path")
-        own = self._network.state_dict()
-        wrong = sorted(set(state) ^ trained_keys(self))
-        shapes = [k for k in state if k in own and own[k].shape != state[k].shape]
-        if wrong or shapes:
-            raise ValueError(
-                f"path={os.fspath(path)!r} does not fit this network's trained part: "
-                f"{len(wrong)} parameters differ (e.g. {wrong[:3]}), {len(shapes)} "
-                f"shapes differ (e.g. {shapes[:3]}). Fit an estimator with the same "
-                "backbone, freeze, adapter and head first."
-            )
-        self._network.load_state_dict(state, strict=False)
-        return self
-
-    def save_pretrained(self, directory) -> None:
-        """Write the fitted estimator to a directory, without pickle.
-
-        The directory holds ``sktune_config.json`` (the parameters, where
-        the backbone comes from and a fingerprint of its weights, the fitted
-        input spec and classes), ``model.safetensors`` (the trained part of
-        the network only: head, adapters, the blocks ``freeze`` left
-        trainable) and ``history.json``. The pretrained weights are not
-        copied: :meth:`from_pretrained` takes them from the backbone.
-        Parameters with no JSON form (callbacks, a head factory) are listed
-        in the config as not saved; pass them back to ``from_pretrained``.
-
-        Parameters
-        ----------
-        directory : str or path-like
-            Created if missing; files of an earlier save are replaced.
-
-        Examples
-        --------
-        >>> clf.save_pretrained("sentiment-model")  # doctest: +SKIP
-        >>> FineTuneClassifier.from_pretrained("sentiment-model")  # doctest: +SKIP
-        """
-        from .persistence import save
-
-        with self._on_device():
-            save(self, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory, backbone=None, **params):
-        """Rebuild an estimator written by :meth:`save_pretrained`.
-
-        Nothing is unpickled: the config is JSON (naming classes from
-        torch, skorch and sktune only), the weights are safetensors.
-
-        Parameters
-        ----------
-        directory : str or path-like
-        backbone : optional
-            The backbone, when the model was saved from a module (a module is
-            not stored with the model). By default the saved spec is loaded.
-            Either way its weights must match the fingerprint in the config.
-        **params
-            Parameters to set instead of the saved ones (``device="cuda"``,
-            or those the config lists as not saved).
-
-        Returns
-        -------
-        estimator
-            Fitted: it predicts as the saved estimator did.
-        """
-        from .persistence import load
-
-        return load(cls, directory, backbone=backbone, **params)
+    @property
+    def cache_info_(self) -> dict:
+        """Whether the last fit used the frozen-prefix cache, why not, and counts."""
+        return self.prefix_cache_.info
 
     # -- introspection ------------------------------------------------------
 
@@ -1203,17 +697,3 @@ class FineTuneMixin:
             )
             + f"\nlearning rates: {format_rates(rates)}"
         )
-
-
-def _len(X) -> int:
-    if isinstance(X, Mapping):
-        return _len(next(iter(X.values())))
-    return len(X)
-
-
-def _mean_tokens(X, collator) -> float | None:
-    """The mean token count of texts, or of tokenized input's attention mask."""
-    if isinstance(X, Mapping):
-        mask = X.get("attention_mask")
-        return None if mask is None else float(mask.sum(1).float().mean())
-    return mean_tokens(X, collator)

@@ -184,6 +184,21 @@ _NESTED: dict[str, tuple[type, dict[str, Constraint]]] = {
 }
 
 
+#: The parameters the network is built from (:func:`sktune._builder.build_network`).
+NETWORK_PARAMS = (
+    "freeze",
+    "adapter",
+    "head",
+    "pooling",
+    "image_size",
+    "max_length",
+    "channels_last",
+    "cache",
+    "cache_size",
+    "cache_dtype",
+)
+
+
 def validate_params(estimator) -> None:
     """Check every shared parameter of ``estimator`` (at the start of ``fit``).
 
@@ -256,3 +271,45 @@ def is_default(value, default) -> bool:
         return type(value) is type(default) and bool(value == default)
     except Exception:  # arrays and the like: not the default
         return False
+
+
+def estimator_repr(estimator) -> str:
+    """scikit-learn's style of repr (the parameters set away from their
+    defaults) rather than skorch's (the module, None until fit); a module
+    backbone shows as its class, not its whole printout."""
+    import torch
+
+    defaults = param_defaults(type(estimator))
+    shown = []
+    for name, value in sorted(estimator.get_params(deep=False).items()):
+        if name in defaults and is_default(value, defaults[name]):
+            continue
+        text = (
+            f"{type(value).__name__}(...)"
+            if isinstance(value, torch.nn.Module)
+            else getattr(value, "__name__", None) or repr(value)
+        )
+        shown.append(f"{name}={text}")
+    return f"{type(estimator).__name__}({', '.join(shown)})"
+
+
+def pop_nested(params: dict, owners) -> dict[str, dict]:
+    """Take ``owner__name`` keys of ``owners`` out of ``params``, by owner."""
+    nested: dict[str, dict] = {}
+    for key in list(params):
+        prefix, sep, sub = key.partition("__")
+        if sep and prefix in owners:
+            nested.setdefault(prefix, {})[sub] = params.pop(key)
+    return nested
+
+
+def set_nested(estimator, nested: dict[str, dict]) -> None:
+    """Set nested parameters (:func:`pop_nested`) on their owners."""
+    for prefix, sub_params in nested.items():
+        target = getattr(estimator, prefix)
+        if not hasattr(target, "set_params"):
+            raise ValueError(
+                f"Invalid parameter(s) {sorted(prefix + '__' + k for k in sub_params)}:"
+                f" {prefix}={target!r} has no nested parameters."
+            )
+        target.set_params(**sub_params)

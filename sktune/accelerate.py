@@ -11,8 +11,9 @@ step, predictions do not depend on their batch, saves are atomic.
 
 Where the two overlap, this module decides (rather than the class order):
 
-- the training step is Accelerate's (its autocast, ``accelerator.backward``
-  and gradient accumulation) followed by sktune's finiteness check;
+- the training step is sktune's, through Accelerate's autocast and
+  ``accelerator.backward`` (:class:`sktune.runtime.AcceleratorGuard`), inside
+  Accelerate's gradient accumulation; sktune's finiteness check follows;
 - mixed precision is the accelerator's (``Accelerator(mixed_precision=
   "bf16")``); ``precision`` stays ``"32"``;
 - the network is planned (probe, cut check) on ``accelerator.device``;
@@ -25,10 +26,11 @@ Where the two overlap, this module decides (rather than the class order):
 
 from __future__ import annotations
 
-from skorch.dataset import unpack_data
 from skorch.hf import AccelerateMixin
 
+from ._base import FineTuneMixin
 from .estimators import FineTuneClassifier, FineTuneRegressor
+from .runtime import AcceleratorGuard
 
 __all__ = ["AcceleratedFineTuneClassifier", "AcceleratedFineTuneRegressor"]
 
@@ -62,18 +64,12 @@ class _AccelerateFineTune(AccelerateMixin):
         loader = self.accelerator.prepare(self._loader(dataset, training=training))
         return self._with_bar(loader)
 
-    def train_step_single(self, batch, **fit_params):
-        # Accelerate's step (autocast, backward through its scaler), then the
-        # divergence guard before the optimizer applies it.
-        self._set_training(True)
-        Xi, yi = unpack_data(batch)
-        with self.accelerator.autocast():
-            y_pred = self.infer(Xi, **fit_params)
-            loss = self.get_loss(y_pred, yi, X=Xi, training=True)
-        self.accelerator.backward(loss)
-        scaled = getattr(self.accelerator, "scaler", None) is not None
-        self._check_finite(loss.detach(), scaled=scaled)
-        return {"loss": loss, "y_pred": y_pred}
+    def _step_guard(self):
+        return AcceleratorGuard(self.accelerator)
+
+    # sktune's step through the guard above, not AccelerateMixin's (the
+    # same autocast and backward, without the divergence guard).
+    train_step_single = FineTuneMixin.train_step_single
 
 
 _DOC = """{base}, trained through Hugging Face Accelerate.

@@ -12,12 +12,22 @@ constant predictor; the estimator warns once per fit, with scikit-learn's
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sklearn.exceptions import ConvergenceWarning
 
-__all__ = ["LEARNED_SHARE", "StageLoss", "constant_loss", "learning_report"]
+from .schedules import format_rates
+
+__all__ = [
+    "LEARNED_SHARE",
+    "StageLoss",
+    "constant_loss",
+    "learning_report",
+    "warn_if_learned_nothing",
+]
 
 #: The share of the constant predictor's loss a fit must remove to count as
 #: having learned: a training MSE at most 95% of the targets' variance (an R²
@@ -187,3 +197,39 @@ def learning_report(
         f"{LEARNED_SHARE:.0%} of it.{history} Learning rates in effect: {rates}. "
         f"{advice}"
     )
+
+
+def warn_if_learned_nothing(net, y, first_epoch: int, *, stacklevel: int) -> None:
+    """One ``ConvergenceWarning`` when ``net``'s fit, from ``first_epoch`` on,
+    ended no better than a constant prediction of ``y``.
+
+    ``stacklevel`` as :func:`warnings.warn`'s, counted from this function:
+    the frame of the user's ``fit`` call.
+    """
+    stages = stage_losses(net.history_, first_epoch)
+    if not stages or y is None:
+        return
+    try:
+        baseline = constant_loss(
+            lambda y_pred, y_true: net.get_loss(y_pred, y_true, training=False),
+            y,
+            regression=net._regression,
+            n_outputs=net._n_head_outputs,
+            device=net.device_,
+        )
+    except (RuntimeError, ValueError, TypeError):
+        return  # a criterion that takes no constant prediction: no check
+    rates = net._rates()
+    backbone = net._network.backbone
+    message = learning_report(
+        stages,
+        baseline,
+        name=type(net).__name__,
+        what="the mean target" if net._regression else "the class prior",
+        rates=format_rates(rates),
+        lr=float(net.get_params_for("optimizer").get("lr", net.lr)),
+        backbone_lr=None if rates["top"] is None else rates["top"][1],
+        family_lr=None if net.adapted_modules_ else net._family.backbone_lr(backbone),
+    )
+    if message is not None:
+        warnings.warn(message, ConvergenceWarning, stacklevel=stacklevel)

@@ -26,6 +26,7 @@ import importlib
 import json
 import numbers
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +34,20 @@ import torch
 from sklearn.base import BaseEstimator
 
 from ._params import is_default, param_defaults
+from ._version import __version__
 from .backbones import Backbone, as_backbone, read_state_dict
 from .cache import fingerprint
 from .data.inputs import FittedInput
 
-__all__ = ["CONFIG_FILE", "HISTORY_FILE", "WEIGHTS_FILE", "load", "save"]
+__all__ = [
+    "CONFIG_FILE",
+    "HISTORY_FILE",
+    "WEIGHTS_FILE",
+    "PretrainedMixin",
+    "load",
+    "save",
+    "save_atomically",
+]
 
 CONFIG_FILE = "sktune_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -144,6 +154,31 @@ def _decode_backbone(config: dict):
 # -- save ---------------------------------------------------------------------------------
 
 
+def save_atomically(write, files: dict) -> None:
+    """``write(**files)``, each file path written whole or not at all.
+
+    Each path in ``files`` is written next to its target under a temporary
+    name and moved into place only when complete, so an interrupted save
+    never leaves a half-written file where a good one was. File objects and
+    None pass through as they are.
+    """
+    files = dict(files)
+    staged = {}
+    for key, target in files.items():
+        if isinstance(target, (str, os.PathLike)):
+            tmp = f"{os.fspath(target)}.{os.getpid()}.{threading.get_ident()}.tmp"
+            staged[key] = (target, tmp)
+            files[key] = tmp
+    try:
+        write(**files)
+        for target, tmp in staged.values():
+            os.replace(tmp, target)
+    finally:
+        for _, tmp in staged.values():
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
 def trained_keys(estimator) -> set[str]:
     """The state-dict keys of the trained part: the head, the trainable
     parameters and the buffers that trained."""
@@ -200,8 +235,6 @@ def _merged(estimator) -> bool:
 def save(estimator, directory) -> None:
     """Write a fitted estimator to ``directory`` (see the module docstring)."""
     from safetensors.torch import save_file
-
-    from . import __version__
 
     estimator.check_is_fitted()
     params, not_saved = {}, []
@@ -344,3 +377,60 @@ def load(cls, directory, backbone=None, **params):
     if history.is_file():
         estimator.history_ = History.from_file(os.fspath(history))
     return estimator
+
+
+class PretrainedMixin:
+    """``save_pretrained`` / ``from_pretrained`` for the estimators (as
+    transformers' models get theirs from a mixin)."""
+
+    def save_pretrained(self, directory) -> None:
+        """Write the fitted estimator to a directory, without pickle.
+
+        The directory holds ``sktune_config.json`` (the parameters, where
+        the backbone comes from and a fingerprint of its weights, the fitted
+        input spec and classes), ``model.safetensors`` (the trained part of
+        the network only: head, adapters, the blocks ``freeze`` left
+        trainable, and the buffers that trained with them, such as BatchNorm
+        statistics under ``Freeze(train_bn=True)``) and ``history.json``.
+        The pretrained weights are not copied: :meth:`from_pretrained` takes
+        them from the backbone. Parameters with no JSON form (callbacks, a
+        head factory) are listed in the config as not saved; pass them back
+        to ``from_pretrained``.
+
+        Parameters
+        ----------
+        directory : str or path-like
+            Created if missing; files of an earlier save are replaced.
+
+        Examples
+        --------
+        >>> clf.save_pretrained("sentiment-model")  # doctest: +SKIP
+        >>> FineTuneClassifier.from_pretrained("sentiment-model")  # doctest: +SKIP
+        """
+        with self._on_device():
+            save(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory, backbone=None, **params):
+        """Rebuild an estimator written by :meth:`save_pretrained`.
+
+        Nothing is unpickled: the config is JSON (naming classes from
+        torch, skorch and sktune only), the weights are safetensors.
+
+        Parameters
+        ----------
+        directory : str or path-like
+        backbone : optional
+            The backbone, when the model was saved from a module (a module is
+            not stored with the model). By default the saved spec is loaded.
+            Either way its weights must match the fingerprint in the config.
+        **params
+            Parameters to set instead of the saved ones (``device="cuda"``,
+            or those the config lists as not saved).
+
+        Returns
+        -------
+        estimator
+            Fitted: it predicts as the saved estimator did.
+        """
+        return load(cls, directory, backbone=backbone, **params)

@@ -22,7 +22,15 @@ from contextlib import contextmanager
 
 from skorch.callbacks import Callback, PrintLog
 
-__all__ = ["EpochTable", "FitProgress", "bar", "no_widget_warning", "shows_bar"]
+__all__ = [
+    "EpochTable",
+    "FitProgress",
+    "bar",
+    "default_callbacks",
+    "fit_summary",
+    "no_widget_warning",
+    "shows_bar",
+]
 
 
 @contextmanager
@@ -91,7 +99,8 @@ class FitProgress(Callback):
                 "batch_size", net.batch_size
             )
             per_epoch = 1 if size == -1 else math.ceil(len(dataset_train) / size)
-            epochs = net.__dict__.get("_epochs_planned") or net.max_epochs
+            planned = getattr(net, "_fit_stages", None)
+            epochs = getattr(planned, "epochs_planned", None) or net.max_epochs
             self.bar_.reset(total=per_epoch * epochs)
 
     def on_batch_end(self, net, batch=None, training=False, **kwargs):
@@ -121,3 +130,61 @@ class FitProgress(Callback):
         state = dict(self.__dict__)
         state.pop("bar_", None)
         return state
+
+
+def fit_summary(net, rates: str) -> str:
+    """One screen on what ``net``'s fit trains, on which device, how fast.
+
+    ``rates``: the learning rates in effect, formatted.
+    """
+    network = net._network
+    total = sum(p.numel() for p in network.parameters())
+    trainable = sum(
+        p.numel() for n, p in network.named_parameters() if n in net._trainable
+    )
+    stages = net._fit_stages
+    frozen = stages.frozen_at(1)
+    schedule = f", then {stages.depth} (schedule)" if frozen != stages.depth else ""
+    cache = net.prefix_cache_.info
+    if cache.get("enabled"):
+        cached = "on: the frozen prefix runs once per sample"
+    else:
+        cached = f"off ({cache.get('reason')})"
+    backbone = net.backbone
+    source = backbone if isinstance(backbone, str) else type(backbone).__name__
+    adapters = (
+        f"; adapters in {len(net.adapted_modules_)} modules"
+        if net.adapted_modules_
+        else ""
+    )
+    return "\n".join(
+        [
+            f"{type(net).__name__} on {source}",
+            f"  blocks: {net.n_blocks_}, frozen {frozen}{schedule}{adapters}",
+            f"  parameters: {total:,}, trainable {trainable:,} "
+            f"({100 * trainable / max(total, 1):.1f}%)",
+            f"  learning rates: {rates}",
+            f"  cache: {cached}",
+            f"  device: {net.device_}, precision {net.precision}",
+        ]
+    )
+
+
+def default_callbacks(skorch_defaults, lr_schedule) -> list:
+    """skorch's default callbacks, the epoch table (from verbose=2 on) for
+    its print log, a progress bar before it and, with an ``lr_schedule``,
+    the schedule before both."""
+    from .schedules import WarmupDecay
+
+    callbacks = [
+        (name, EpochTable() if name == "print_log" else cb)
+        for name, cb in skorch_defaults
+    ]
+    at = next(
+        (i for i, (name, _) in enumerate(callbacks) if name == "print_log"),
+        len(callbacks),
+    )
+    callbacks.insert(at, ("progress", FitProgress()))
+    if lr_schedule is not None:
+        callbacks.insert(at, ("warmup_decay", WarmupDecay()))
+    return callbacks

@@ -28,13 +28,16 @@ __all__ = [
     "WarmupDecay",
     "as_lr_schedule",
     "auto_backbone_lr",
+    "block_index",
     "block_rates",
     "check_schedule",
     "format_rates",
     "frozen_at",
+    "optimizer_groups",
     "param_groups",
     "phases",
     "rates_in_effect",
+    "resolve_backbone_lr",
 ]
 
 
@@ -123,6 +126,20 @@ def auto_backbone_lr(lr: float, family_rate: float | None) -> float:
     return float(lr) if family_rate is None else min(float(lr), family_rate)
 
 
+def resolve_backbone_lr(backbone_lr, lr, *, adapters: bool, family_rate) -> float:
+    """The rate of the block nearest the head.
+
+    A number is taken as it is. ``"auto"``: with adapters, ``lr`` (adapters
+    are fresh parameters, like the head); else the family's rate capped by
+    ``lr`` (:func:`auto_backbone_lr`).
+    """
+    if backbone_lr != "auto":
+        return float(backbone_lr)
+    if adapters:
+        return float(lr)
+    return auto_backbone_lr(lr, family_rate)
+
+
 def block_rates(
     n_blocks: int, backbone_lr: float, layer_decay: float | None
 ) -> list[float]:
@@ -135,6 +152,27 @@ def block_rates(
     """
     decay = 1.0 if layer_decay is None else float(layer_decay)
     return [backbone_lr * decay ** (n_blocks - 1 - i) for i in range(n_blocks)]
+
+
+def block_index(blocks) -> dict[str, int]:
+    """Backbone parameter name -> the index of its block."""
+    return {p: i for i, block in enumerate(blocks) for p in block.params}
+
+
+def optimizer_groups(
+    named_params, blocks, *, lr, backbone_lr, layer_decay, patterns=()
+) -> list[dict]:
+    """The optimizer's groups: the head at ``lr``, the block nearest the
+    head at ``backbone_lr`` and each block below at ``layer_decay`` times
+    the one above; ``patterns`` (``optimizer__param_groups``) first."""
+    return param_groups(
+        named_params,
+        block_index(blocks),
+        block_rates(len(blocks), backbone_lr, layer_decay),
+        backbone_lr,
+        patterns,
+        lr=lr,
+    )
 
 
 def param_groups(

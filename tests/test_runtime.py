@@ -37,7 +37,7 @@ def test_half_precision_trains_the_backbone_under_autocast(images, precision):
     assert half.prefix_cache_.stored_dtype == dtype
     assert half.module_.head.weight.dtype == torch.float32
     assert half.predict_proba(X).dtype == np.float32
-    assert (half._scaler is not None) == (precision == "16")
+    assert (half._guard.scaler is not None) == (precision == "16")
     assert np.mean(half.predict(X) == full.predict(X)) > 0.9
     assert half.prefix_cache_.key != full.prefix_cache_.key
 
