@@ -7,7 +7,14 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from helpers import make_classifier, mlp_backbone, save_tiny_hf_encoder, tiny_cnn
+from helpers import (
+    assert_same_state,
+    make_classifier,
+    mlp_backbone,
+    save_tiny_hf_encoder,
+    state_snapshot,
+    tiny_cnn,
+)
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -79,21 +86,13 @@ def test_nested_parameters_and_trained_batchnorm_statistics(images, tmp_path):
     assert isinstance(loaded.freeze, Freeze)
     assert loaded.freeze.get_params() == Freeze(1, train_bn=True).get_params()
     assert loaded.optimizer is torch.optim.SGD
-    # The running statistics of every BatchNorm trained, so they are saved.
-    assert "backbone.stem.1.running_mean" in saved_keys(tmp_path)
-
-
-def test_save_trained_carries_the_trained_batchnorm_statistics(images, tmp_path):
-    X, y = images
-    fit = dict(freeze=Freeze(1, train_bn=True), max_epochs=2)
-    clf = make_classifier(tiny_cnn(), **fit).fit(X, y)
-    path = tmp_path / "trained.safetensors"
-    clf.save_trained(path)
-    assert "backbone.stem.1.running_mean" in set(load_file(path))
-    other = make_classifier(tiny_cnn(), random_state=1, **fit).fit(X, y)
-    assert not np.allclose(other.predict_proba(X), clf.predict_proba(X))
-    other.load_trained(path)
-    np.testing.assert_array_equal(other.predict_proba(X), clf.predict_proba(X))
+    # The running statistics of every BatchNorm trained, the frozen block's
+    # included, so they are saved and loaded back.
+    stats = "backbone.stem.1.running_mean"
+    assert stats in saved_keys(tmp_path)
+    trained = clf.module_.state_dict()[stats]
+    assert not torch.equal(trained, tiny_cnn().stem[1].running_mean)
+    assert torch.equal(loaded.module_.state_dict()[stats], trained)
 
 
 def test_timm_spec_with_local_weights(tmp_path):
@@ -157,6 +156,24 @@ def test_a_pickle_in_place_of_the_weights_is_refused_unrun(blobs, tmp_path):
     with pytest.raises(ValueError, match="is not a readable safetensors file"):
         FineTuneClassifier.from_pretrained(tmp_path, backbone=mlp_backbone())
     assert not marker.exists()
+
+
+def test_weights_of_another_shape_are_refused(blobs, tmp_path):
+    X, y = blobs
+    make_classifier(freeze=1, max_epochs=1).fit(X, y).save_pretrained(tmp_path)
+    path = tmp_path / "model.safetensors"
+    state = load_file(os.fspath(path))
+    state["head.weight"] = torch.zeros(5, 16)  # 5 classes instead of 3
+    save_file(state, os.fspath(path))
+    backbone = mlp_backbone()
+    pristine = state_snapshot(backbone)
+    with pytest.raises(
+        ValueError,
+        match=r"model.safetensors does not fit the network the config builds: 0 "
+        r"unknown tensors .* 1 of another shape \(e.g. \['head.weight'\]\)",
+    ):
+        FineTuneClassifier.from_pretrained(tmp_path, backbone=backbone)
+    assert_same_state(pristine, state_snapshot(backbone))
 
 
 def test_config_naming_a_foreign_class_is_refused(blobs, tmp_path):
