@@ -1,4 +1,5 @@
-"""Fixtures shared by the test suite; tiny models live in helpers.py."""
+"""Fixtures shared by the test suite; tiny models live in helpers.py (those
+saved to disk, which need a temporary directory, are fixtures here)."""
 
 import os
 
@@ -62,3 +63,25 @@ def reviews():
         texts.append(" ".join(words))
         labels.append("pos" if label else "neg")
     return texts, np.array(labels)
+
+
+def _saved_encoder(tmp_path_factory, texts, family):
+    from helpers import save_tiny_hf_encoder
+
+    from sktune import Backbone
+
+    path = tmp_path_factory.mktemp(family)
+    return Backbone(str(save_tiny_hf_encoder(path, texts, family)))
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_encoder(tmp_path_factory, reviews):
+    """A 3-layer BERT saved as a hub directory with a word-level tokenizer of
+    the reviews' words, as a Backbone."""
+    return _saved_encoder(tmp_path_factory, reviews[0], "bert")
+
+
+@pytest.fixture(scope="module")
+def tiny_distilbert_encoder(tmp_path_factory, reviews):
+    """The DistilBERT counterpart of ``tiny_bert_encoder``."""
+    return _saved_encoder(tmp_path_factory, reviews[0], "distilbert")

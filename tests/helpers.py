@@ -66,6 +66,12 @@ def assert_same_state(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
+def same_state(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two modules hold the same parameters and buffers, bit for bit."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 class WordTokenizer:
     """Whitespace tokenizer with the call signature of a transformers tokenizer.
 
@@ -133,6 +139,42 @@ def text_backbone() -> TextBackbone:
         return TextBackbone(BagOfWordsEncoder())
 
 
+def tiny_bert_config(**kwargs):
+    """The configuration of :func:`tiny_bert`; ``kwargs`` override it."""
+    transformers = pytest.importorskip("transformers")
+    params = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        vocab_size=100,
+        max_position_embeddings=32,
+    )
+    return transformers.BertConfig(**{**params, **kwargs})
+
+
+def tiny_bert():
+    """A 2-layer BERT in memory, seeded random weights, no tokenizer.
+
+    The saved encoder with a tokenizer is the ``tiny_bert_encoder`` fixture.
+    """
+    transformers = pytest.importorskip("transformers")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return transformers.BertModel(tiny_bert_config())
+
+
+def tiny_distilbert(n_layers: int = 2):
+    """A DistilBERT in memory of :func:`tiny_bert`'s width, seeded."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.DistilBertConfig(
+        dim=32, n_layers=n_layers, n_heads=2, hidden_dim=37, vocab_size=100
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return transformers.DistilBertModel(config)
+
+
 def save_tiny_hf_encoder(path, texts, family: str = "bert"):
     """A tiny random-init Hugging Face encoder and a word-level tokenizer, on disk."""
     transformers = pytest.importorskip("transformers")
@@ -195,6 +237,10 @@ def counting_backbone():
         return nn.Sequential(
             CountingLinear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU()
         )
+
+
+#: A one-block timm ViT of 32x32 input: ``timm.create_model(name, **TINY_VIT)``.
+TINY_VIT = {"depth": 1, "img_size": 32, "embed_dim": 24, "num_heads": 2}
 
 
 def tiny_timm_vit(name="vit_tiny_patch16_224", depth=3):

@@ -4,7 +4,7 @@ and notebook display."""
 import numpy as np
 import pytest
 import torch
-from helpers import assert_same_state, mlp_backbone, state_snapshot
+from helpers import assert_same_state, make_classifier, mlp_backbone, state_snapshot
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.datasets import make_classification
 from sklearn.ensemble import StackingClassifier
@@ -18,13 +18,6 @@ from skorch.dataset import ValidSplit
 
 from sktune import Adapter, Backbone, FineTuneClassifier, FineTuneRegressor, Freeze
 
-
-def make_clf(**kwargs):
-    params = dict(max_epochs=5, lr=1e-2, random_state=0)
-    params.update(kwargs)
-    return FineTuneClassifier(Backbone(mlp_backbone()), **params)
-
-
 # -- scikit-learn meta-estimators -----------------------------------------------
 
 
@@ -33,7 +26,11 @@ def test_self_training_labels_the_unlabeled_samples(blobs):
     y_partial = y.copy()
     y_partial[30:] = -1  # 30 labeled samples, 120 unlabeled
     # 30 samples are one batch: 20 epochs are 20 steps.
-    model = SelfTrainingClassifier(make_clf(max_epochs=20), threshold=0.9, max_iter=3)
+    model = SelfTrainingClassifier(
+        make_classifier(Backbone(mlp_backbone()), max_epochs=20),
+        threshold=0.9,
+        max_iter=3,
+    )
     model.fit(X, y_partial)
     pseudo = model.labeled_iter_ > 0
     assert pseudo.sum() > 30  # it labeled samples it was not given
@@ -43,7 +40,7 @@ def test_self_training_labels_the_unlabeled_samples(blobs):
 
 def test_calibrated_classifier_fits_a_private_copy_per_fold(blobs):
     X, y = blobs
-    clf = make_clf()
+    clf = make_classifier(Backbone(mlp_backbone()))
     pristine = state_snapshot(clf.backbone.module())
     model = CalibratedClassifierCV(clf, cv=3).fit(X, y)
     folds = [c.estimator for c in model.calibrated_classifiers_]
@@ -60,7 +57,10 @@ def test_calibrated_classifier_fits_a_private_copy_per_fold(blobs):
 def test_stacking_with_a_linear_model(blobs):
     X, y = blobs
     model = StackingClassifier(
-        [("ft", make_clf(freeze=1)), ("lr", LogisticRegression())],
+        [
+            ("ft", make_classifier(Backbone(mlp_backbone()), freeze=1)),
+            ("lr", LogisticRegression()),
+        ],
         final_estimator=LogisticRegression(),
         cv=3,
     ).fit(X, y)
@@ -77,7 +77,8 @@ def test_early_stopping_restores_the_best_weights():
     X, y = make_classification(
         n_samples=150, n_features=8, n_informative=4, flip_y=0.2, random_state=0
     )
-    clf = make_clf(
+    clf = make_classifier(
+        Backbone(mlp_backbone()),
         max_epochs=30,
         lr=0.05,
         train_split=ValidSplit(5, stratified=True),
@@ -96,7 +97,8 @@ def test_early_stopping_restores_the_best_weights():
 
 def test_checkpoint_and_lr_scheduler(blobs, tmp_path):
     X, y = blobs
-    clf = make_clf(
+    clf = make_classifier(
+        Backbone(mlp_backbone()),
         max_epochs=4,
         train_split=ValidSplit(5, stratified=True),
         callbacks=[
@@ -110,7 +112,7 @@ def test_checkpoint_and_lr_scheduler(blobs, tmp_path):
     # The checkpoint holds the last best epoch's weights: loaded into a net
     # built alike, it predicts as the fitted net did then (here: at the end).
     assert clf.history_[-1, "valid_loss_best"]
-    other = make_clf(max_epochs=0).fit(X, y)
+    other = make_classifier(Backbone(mlp_backbone()), max_epochs=0).fit(X, y)
     assert not np.allclose(other.predict_proba(X), clf.predict_proba(X))
     other.load_params(f_params=tmp_path / "params.pt")
     np.testing.assert_array_equal(other.predict_proba(X), clf.predict_proba(X))

@@ -9,7 +9,13 @@ import pandas as pd
 import psutil
 import pytest
 import torch
-from helpers import assert_same_state, mlp_backbone, state_snapshot, tiny_cnn
+from helpers import (
+    assert_same_state,
+    make_classifier,
+    mlp_backbone,
+    state_snapshot,
+    tiny_cnn,
+)
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import Pipeline
@@ -17,15 +23,6 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from sktune import Backbone, FineTuneClassifier, FineTuneRegressor, Freeze
-
-
-def make_clf(backbone=None, **kwargs):
-    params = dict(max_epochs=5, lr=1e-2, random_state=0)
-    params.update(kwargs)
-    return FineTuneClassifier(
-        backbone if backbone is not None else mlp_backbone(), **params
-    )
-
 
 # -- invariant 1: pristine weights, user's backbone untouched -----------------
 
@@ -37,7 +34,7 @@ def test_user_backbone_is_bit_identical_after_fit(blobs, freeze):
     before = state_snapshot(backbone)
     requires_grad = [p.requires_grad for p in backbone.parameters()]
     backbone.train()
-    clf = make_clf(backbone, freeze=freeze).fit(X, y)
+    clf = make_classifier(backbone, freeze=freeze).fit(X, y)
     assert_same_state(before, state_snapshot(backbone))
     assert [p.requires_grad for p in backbone.parameters()] == requires_grad
     assert backbone.training
@@ -47,7 +44,7 @@ def test_user_backbone_is_bit_identical_after_fit(blobs, freeze):
 
 def test_refit_starts_from_pristine_weights(blobs):
     X, y = blobs
-    clf = make_clf()
+    clf = make_classifier()
     first = clf.fit(X, y).predict_proba(X)
     second = clf.fit(X, y).predict_proba(X)
     np.testing.assert_array_equal(first, second)
@@ -55,7 +52,7 @@ def test_refit_starts_from_pristine_weights(blobs):
 
 def test_clones_do_not_share_training_state(blobs):
     X, y = blobs
-    clf = make_clf()
+    clf = make_classifier()
     other = clone(clf)
     clf.fit(X, y)
     other.fit(X[:60], y[:60])
@@ -67,7 +64,7 @@ def test_clones_do_not_share_training_state(blobs):
 
 def test_warm_start_continues_instead_of_restarting(blobs):
     X, y = blobs
-    clf = make_clf(warm_start=True, max_epochs=2).fit(X, y)
+    clf = make_classifier(warm_start=True, max_epochs=2).fit(X, y)
     weights = clf.module_.head.weight.detach().clone()
     clf.fit(X, y)
     assert len(clf.history_) == 4
@@ -78,7 +75,7 @@ def test_partial_fit_sequence_is_reproducible(blobs):
     X, y = blobs
     runs = []
     for _ in range(2):
-        clf = make_clf(max_epochs=1)
+        clf = make_classifier(max_epochs=1)
         clf.partial_fit(X, y, classes=np.unique(y))
         clf.partial_fit(X, y)
         runs.append(clf.predict_proba(X))
@@ -115,8 +112,8 @@ def test_backbone_factory_is_called_once_and_shared(blobs):
         return mlp_backbone()
 
     backbone = Backbone(factory)
-    a = make_clf(backbone, freeze=1, max_epochs=1).fit(X, y)
-    b = make_clf(copy.deepcopy(backbone), freeze=1, max_epochs=1).fit(X, y)
+    a = make_classifier(backbone, freeze=1, max_epochs=1).fit(X, y)
+    b = make_classifier(copy.deepcopy(backbone), freeze=1, max_epochs=1).fit(X, y)
     assert len(calls) == 1
     pristine = backbone.module()
     assert copy.deepcopy(backbone).module() is pristine
@@ -131,7 +128,7 @@ def test_backbone_factory_is_called_once_and_shared(blobs):
 
 def test_frozen_blocks_and_batchnorm_are_untouched_by_training(images):
     X, y = images
-    clf = make_clf(tiny_cnn(), freeze=2, max_epochs=3).fit(X, y)
+    clf = make_classifier(tiny_cnn(), freeze=2, max_epochs=3).fit(X, y)
     pristine = tiny_cnn()
     net = clf.module_.backbone
     for prefix in ("stem.", "stage1."):
@@ -147,7 +144,9 @@ def test_frozen_blocks_and_batchnorm_are_untouched_by_training(images):
 
 def test_train_bn_lets_every_batchnorm_train_frozen_blocks_included(images):
     X, y = images
-    clf = make_clf(tiny_cnn(), freeze=Freeze(depth=2, train_bn=True), max_epochs=2)
+    clf = make_classifier(
+        tiny_cnn(), freeze=Freeze(depth=2, train_bn=True), max_epochs=2
+    )
     clf.fit(X, y)
     pristine, net = tiny_cnn(), clf.module_.backbone
     assert torch.equal(pristine.stem[0].weight, net.stem[0].weight)
@@ -159,7 +158,7 @@ def test_train_bn_lets_every_batchnorm_train_frozen_blocks_included(images):
 
 def test_frozen_parameters_have_no_optimizer_state(blobs):
     X, y = blobs
-    clf = make_clf(freeze=2).fit(X, y)
+    clf = make_classifier(freeze=2).fit(X, y)
     in_optimizer = {id(p) for g in clf.optimizer_.param_groups for p in g["params"]}
     for name, p in clf.module_.named_parameters():
         assert (id(p) in in_optimizer) == p.requires_grad, name
@@ -173,7 +172,7 @@ def test_frozen_parameters_have_no_optimizer_state(blobs):
 
 def test_frozen_blocks_run_in_eval_mode_while_training(blobs):
     X, y = blobs
-    clf = make_clf(freeze=2, max_epochs=1).fit(X, y)
+    clf = make_classifier(freeze=2, max_epochs=1).fit(X, y)
     clf.module_.train()
     backbone = clf.module_.backbone
     # Blocks: [Linear, ReLU], [Linear, ReLU, Dropout], [Linear, ReLU].
@@ -183,7 +182,7 @@ def test_frozen_blocks_run_in_eval_mode_while_training(blobs):
 
 def test_param_group_patterns_reach_the_optimizer(blobs):
     X, y = blobs
-    clf = make_clf(optimizer__param_groups=[("head.*", {"lr": 0.5})]).fit(X, y)
+    clf = make_classifier(optimizer__param_groups=[("head.*", {"lr": 0.5})]).fit(X, y)
     lrs = sorted(g["lr"] for g in clf.optimizer_.param_groups)
     assert lrs == [0.01, 0.5]
 
@@ -199,25 +198,33 @@ def test_same_seed_same_model_and_global_rng_untouched(blobs):
     expected_np = np.random.rand(3)
     torch.manual_seed(123)
     np.random.seed(123)
-    a = make_clf().fit(X, y).predict_proba(X)
+    a = make_classifier().fit(X, y).predict_proba(X)
     np.testing.assert_array_equal(torch.rand(3).numpy(), expected_torch.numpy())
     np.testing.assert_array_equal(np.random.rand(3), expected_np)
-    b = make_clf().fit(X, y).predict_proba(X)
+    b = make_classifier().fit(X, y).predict_proba(X)
     np.testing.assert_array_equal(a, b)
-    c = make_clf(random_state=1).fit(X, y).predict_proba(X)
+    c = make_classifier(random_state=1).fit(X, y).predict_proba(X)
     assert not np.array_equal(a, c)
 
 
 def test_random_state_accepts_a_numpy_random_state(blobs):
     X, y = blobs
-    a = make_clf(random_state=np.random.RandomState(5)).fit(X, y).predict_proba(X)
-    b = make_clf(random_state=np.random.RandomState(5)).fit(X, y).predict_proba(X)
+    a = (
+        make_classifier(random_state=np.random.RandomState(5))
+        .fit(X, y)
+        .predict_proba(X)
+    )
+    b = (
+        make_classifier(random_state=np.random.RandomState(5))
+        .fit(X, y)
+        .predict_proba(X)
+    )
     np.testing.assert_array_equal(a, b)
 
 
 def test_pickle_round_trip_gives_identical_predictions(blobs):
     X, y = blobs
-    clf = make_clf(freeze=1).fit(X, y)
+    clf = make_classifier(freeze=1).fit(X, y)
     restored = pickle.loads(pickle.dumps(clf))
     np.testing.assert_array_equal(clf.predict_proba(X), restored.predict_proba(X))
     np.testing.assert_array_equal(clf.predict(X), restored.predict(X))
@@ -226,7 +233,7 @@ def test_pickle_round_trip_gives_identical_predictions(blobs):
 
 def test_predictions_do_not_depend_on_batch_composition(blobs):
     X, y = blobs
-    clf = make_clf().fit(X, y)
+    clf = make_classifier().fit(X, y)
     full = clf.predict_proba(X)
     one_by_one = np.concatenate([clf.predict_proba(X[i : i + 1]) for i in range(10)])
     np.testing.assert_array_equal(full[:10], one_by_one)
@@ -237,7 +244,9 @@ def test_predictions_do_not_depend_on_batch_composition(blobs):
 
 def test_pipeline_grid_search_over_freeze_depth(blobs):
     X, y = blobs
-    pipe = Pipeline([("scale", StandardScaler()), ("ft", make_clf(max_epochs=3))])
+    pipe = Pipeline(
+        [("scale", StandardScaler()), ("ft", make_classifier(max_epochs=3))]
+    )
     search = GridSearchCV(pipe, {"ft__freeze": [0, 1, "all"]}, cv=3).fit(X, y)
     assert search.best_score_ > 0.9
     # Each candidate scores as the same pipeline cross-validated on its own:
@@ -260,7 +269,7 @@ def test_pipeline_grid_search_over_freeze_depth(blobs):
 
 def test_grid_search_over_nested_freeze_depth(blobs):
     X, y = blobs
-    clf = make_clf(freeze=Freeze(), max_epochs=2)
+    clf = make_classifier(freeze=Freeze(), max_epochs=2)
     search = GridSearchCV(clf, {"freeze__depth": [0, 2, -1]}, cv=2).fit(X, y)
     assert len(search.cv_results_["params"]) == 3
     assert clf.freeze.depth == 0  # the grid search worked on clones
@@ -270,13 +279,13 @@ def test_grid_search_over_nested_freeze_depth(blobs):
 
 def test_cross_val_score(blobs):
     X, y = blobs
-    scores = cross_val_score(make_clf(max_epochs=3), X, y, cv=3)
+    scores = cross_val_score(make_classifier(max_epochs=3), X, y, cv=3)
     assert scores.shape == (3,) and scores.min() > 0.8
 
 
 def test_set_params_rejects_nested_params_of_plain_values():
     with pytest.raises(ValueError, match=r"freeze=2 has no nested parameters"):
-        make_clf(freeze=2).set_params(freeze__depth=1)
+        make_classifier(freeze=2).set_params(freeze__depth=1)
 
 
 # -- data handling ----------------------------------------------------------------
@@ -293,7 +302,7 @@ def test_set_params_rejects_nested_params_of_plain_values():
 def test_classifier_returns_original_labels(blobs, labels):
     X, y = blobs
     y_labels = labels[y]
-    clf = make_clf().fit(X, y_labels)
+    clf = make_classifier().fit(X, y_labels)
     assert set(clf.classes_) == set(labels)
     pred = clf.predict(X)
     assert pred.dtype == y_labels.dtype
@@ -302,14 +311,14 @@ def test_classifier_returns_original_labels(blobs, labels):
 
 def test_binary_bool_labels(blobs):
     X, y = blobs
-    clf = make_clf().fit(X, y == 0)
+    clf = make_classifier().fit(X, y == 0)
     assert clf.predict(X).dtype == bool
     assert clf.predict_proba(X).shape == (len(X), 2)
 
 
 def test_classes_parameter_fixes_the_column_order(blobs):
     X, y = blobs
-    clf = make_clf(classes=[2, 0, 1]).fit(X, y)
+    clf = make_classifier(classes=[2, 0, 1]).fit(X, y)
     np.testing.assert_array_equal(clf.classes_, [2, 0, 1])
     proba = clf.predict_proba(X)
     np.testing.assert_array_equal(clf.predict(X), np.array([2, 0, 1])[proba.argmax(1)])
@@ -319,7 +328,7 @@ def test_classes_parameter_fixes_the_column_order(blobs):
 def test_dataframe_input_records_feature_names(blobs):
     X, y = blobs
     df = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
-    clf = make_clf().fit(df, pd.Series(y))
+    clf = make_classifier().fit(df, pd.Series(y))
     np.testing.assert_array_equal(clf.feature_names_in_, df.columns)
     assert clf.n_features_in_ == 8
     with pytest.warns(UserWarning, match="X does not have valid feature names"):
@@ -331,13 +340,13 @@ def test_dataframe_input_records_feature_names(blobs):
 def test_numeric_dtypes_and_tensors(blobs, dtype):
     X, y = blobs
     Xd = (X * 10).astype(dtype)
-    clf = make_clf(max_epochs=1).fit(Xd, y)
+    clf = make_classifier(max_epochs=1).fit(Xd, y)
     np.testing.assert_array_equal(clf.predict(Xd), clf.predict(torch.as_tensor(Xd)))
 
 
 def test_logits_head_is_trained_with_cross_entropy(blobs):
     X, y = blobs
-    clf = make_clf().fit(X, y)
+    clf = make_classifier().fit(X, y)
     assert isinstance(clf.criterion_, nn.CrossEntropyLoss)
     clf.module_.eval()
     logits = clf.module_(torch.as_tensor(X[:5], dtype=torch.float32))
@@ -366,7 +375,7 @@ def test_image_backbone_with_feature_maps(images):
     X, y = images
     # Random weights learn from scratch: the backbone at the head's rate,
     # its BatchNorm statistics learned too.
-    clf = make_clf(
+    clf = make_classifier(
         tiny_cnn(),
         freeze=Freeze(1, train_bn=True),
         max_epochs=10,
@@ -393,7 +402,7 @@ def test_defaults_suit_fine_tuning():
 
 def test_training_batches_are_shuffled_unless_told_otherwise(blobs):
     X, y = blobs
-    clf = make_clf(max_epochs=1).fit(X, y)
+    clf = make_classifier(max_epochs=1).fit(X, y)
     assert (
         clf.get_iterator(
             clf.get_dataset(X, y), training=True
@@ -414,7 +423,7 @@ def test_early_stopping_when_asked(blobs):
     from skorch.dataset import ValidSplit
 
     X, y = blobs
-    clf = make_clf(
+    clf = make_classifier(
         max_epochs=50,
         train_split=ValidSplit(0.2, stratified=True, random_state=0),
         callbacks=[EarlyStopping(patience=2, monitor="valid_loss")],
@@ -425,7 +434,7 @@ def test_early_stopping_when_asked(blobs):
 
 def test_describe_lists_blocks_with_counts(blobs):
     X, y = blobs
-    text = make_clf(freeze=1).fit(X, y).describe()
+    text = make_classifier(freeze=1).fit(X, y).describe()
     lines = text.splitlines()
     assert lines[0].split() == [
         "block",
@@ -445,17 +454,17 @@ def test_describe_lists_blocks_with_counts(blobs):
 
 def test_head_options(blobs):
     X, y = blobs
-    mlp = make_clf(head="mlp").fit(X, y)
+    mlp = make_classifier(head="mlp").fit(X, y)
     assert isinstance(mlp.module_.head, nn.Sequential)
-    custom = make_clf(head=lambda n_in, n_out: nn.Linear(n_in, n_out, bias=False)).fit(
-        X, y
-    )
+    custom = make_classifier(
+        head=lambda n_in, n_out: nn.Linear(n_in, n_out, bias=False)
+    ).fit(X, y)
     assert custom.module_.head.bias is None
     with pytest.raises(
         ValueError,
         match=r"head='conv' is not valid; use one of \['linear', 'mlp'\] or a callable",
     ):
-        make_clf(head="conv").fit(X, y)
+        make_classifier(head="conv").fit(X, y)
 
 
 @pytest.mark.parametrize(
@@ -501,7 +510,7 @@ def test_bad_freeze_is_reported_with_the_valid_range(blobs, freeze, error, messa
     backbone = mlp_backbone()
     before = state_snapshot(backbone)
     with pytest.raises(error, match=message):
-        make_clf(backbone, freeze=freeze).fit(X, y)
+        make_classifier(backbone, freeze=freeze).fit(X, y)
     assert_same_state(before, state_snapshot(backbone))
 
 
@@ -509,7 +518,7 @@ def test_backbone_of_the_wrong_type():
     with pytest.raises(
         TypeError, match=r"backbone=42 is not valid; use an nn.Module instance, a zero"
     ):
-        make_clf(backbone=42).fit(np.zeros((4, 2)), [0, 1, 0, 1])
+        make_classifier(backbone=42).fit(np.zeros((4, 2)), [0, 1, 0, 1])
 
 
 def test_input_the_backbone_cannot_process(blobs):
@@ -519,7 +528,7 @@ def test_input_the_backbone_cannot_process(blobs):
         match=r"X has 5 features, but the backbone's first layer \(0: Linear\("
         r"in_features=8, out_features=16, bias=True\)\) takes 8: pass X with 8",
     ):
-        make_clf().fit(X[:, :5], y)
+        make_classifier().fit(X[:, :5], y)
 
 
 def test_single_class_is_refused(blobs):
@@ -527,7 +536,7 @@ def test_single_class_is_refused(blobs):
     with pytest.raises(
         ValueError, match=r"y has 1 class \(\[1.0\]\); a classifier needs at least 2"
     ):
-        make_clf().fit(X, np.ones(len(X)))
+        make_classifier().fit(X, np.ones(len(X)))
 
 
 def test_initialize_without_data_explains_itself():
@@ -536,7 +545,7 @@ def test_initialize_without_data_explains_itself():
     with pytest.raises(
         NotInitializedError, match="sizes its head from the data; call fit"
     ):
-        make_clf().initialize()
+        make_classifier().initialize()
 
 
 def test_a_failure_past_the_first_layer_is_reported_as_it_is(blobs):
@@ -547,4 +556,4 @@ def test_a_failure_past_the_first_layer_is_reported_as_it_is(blobs):
         match=r"The backbone could not process an input of shape \(1, 8\) \(one "
         r"sample of X\): RuntimeError: mat1 and mat2 shapes cannot be multiplied",
     ):
-        make_clf(broken).fit(X, y)
+        make_classifier(broken).fit(X, y)

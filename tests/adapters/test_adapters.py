@@ -6,24 +6,18 @@ import torch
 from helpers import (
     assert_same_state,
     make_classifier,
-    save_tiny_hf_encoder,
     state_snapshot,
     tiny_cnn,
     tiny_timm_vit,
     tiny_torchvision_vit,
 )
+from safetensors.torch import load_file
 from sklearn.model_selection import GridSearchCV
 
 from sktune import Adapter, Backbone, FineTuneClassifier
 
 pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory, reviews):
-    path = tmp_path_factory.mktemp("bert")
-    return Backbone(str(save_tiny_hf_encoder(path, reviews[0], "bert")))
 
 
 def fit_text(backbone, reviews, **kwargs):
@@ -39,10 +33,10 @@ def changed(before: dict, module) -> set[str]:
 
 @pytest.mark.parametrize("kind", ["lora", "ia3"])
 def test_only_adapters_and_head_train_and_the_backbone_stays_bit_identical(
-    tiny_bert, reviews, kind
+    tiny_bert_encoder, reviews, kind
 ):
-    pristine = state_snapshot(tiny_bert.module())
-    clf = fit_text(tiny_bert, reviews, adapter=kind)
+    pristine = state_snapshot(tiny_bert_encoder.module())
+    clf = fit_text(tiny_bert_encoder, reviews, adapter=kind)
     net = clf.module_
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
     marker = "lora_" if kind == "lora" else "ia3_l"
@@ -54,7 +48,7 @@ def test_only_adapters_and_head_train_and_the_backbone_stays_bit_identical(
         if marker not in k
     }
     assert_same_state(pristine, base)
-    assert_same_state(pristine, state_snapshot(tiny_bert.module()))
+    assert_same_state(pristine, state_snapshot(tiny_bert_encoder.module()))
     n_adapter = sum(
         p.numel() for n, p in net.backbone.named_parameters() if marker in n
     )
@@ -71,8 +65,8 @@ def test_only_adapters_and_head_train_and_the_backbone_stays_bit_identical(
     assert clf.score(*reviews) > 0.6
 
 
-def test_default_targets_are_the_layers_projections(tiny_bert, reviews):
-    lora = fit_text(tiny_bert, reviews, adapter="lora", max_epochs=1)
+def test_default_targets_are_the_layers_projections(tiny_bert_encoder, reviews):
+    lora = fit_text(tiny_bert_encoder, reviews, adapter="lora", max_epochs=1)
     assert all(".encoder.layer." in n for n in lora.adapted_modules_)
     assert {n.rsplit(".", 1)[-1] for n in lora.adapted_modules_} == {
         "query",
@@ -80,7 +74,7 @@ def test_default_targets_are_the_layers_projections(tiny_bert, reviews):
         "value",
         "dense",
     }
-    ia3 = fit_text(tiny_bert, reviews, adapter="ia3", max_epochs=1)
+    ia3 = fit_text(tiny_bert_encoder, reviews, adapter="ia3", max_epochs=1)
     # PEFT's choice for BERT: keys, values and the feed-forward output.
     assert {n.split(".layer.")[1].split(".", 1)[1] for n in ia3.adapted_modules_} == {
         "attention.self.key",
@@ -90,9 +84,11 @@ def test_default_targets_are_the_layers_projections(tiny_bert, reviews):
     }
 
 
-def test_freeze_keeps_the_first_blocks_adapter_free_and_cached(tiny_bert, reviews):
+def test_freeze_keeps_the_first_blocks_adapter_free_and_cached(
+    tiny_bert_encoder, reviews
+):
     texts, _ = reviews
-    clf = fit_text(tiny_bert, reviews, adapter="lora", freeze=2)
+    clf = fit_text(tiny_bert_encoder, reviews, adapter="lora", freeze=2)
     # Blocks: embeddings, layer 0, layer 1, layer 2; adapters in layers 1-2.
     layers = {int(n.split(".layer.")[1].split(".")[0]) for n in clf.adapted_modules_}
     assert layers == {1, 2}
@@ -115,32 +111,32 @@ def test_an_adapter_on_a_cnn_and_on_vision_transformers(images):
     assert not any(n.endswith("out_proj") for n in tv_vit.adapted_modules_)
 
 
-def test_merging_keeps_predictions_and_the_trained_part_round_trips(
-    tiny_bert, reviews, tmp_path
+def test_merging_keeps_predictions_and_the_adapters_round_trip(
+    tiny_bert_encoder, reviews, tmp_path
 ):
     texts, _ = reviews
-    clf = fit_text(tiny_bert, reviews, adapter=Adapter("lora", r=4))
+    clf = fit_text(tiny_bert_encoder, reviews, adapter=Adapter("lora", r=4))
     proba = clf.predict_proba(texts)
-    path = tmp_path / "trained.safetensors"
-    clf.save_trained(path)
-    from safetensors.torch import load_file
-
-    saved = load_file(path)
+    clf.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
     assert saved and all("lora_" in k or k.startswith("head.") for k in saved)
-    other = fit_text(tiny_bert, reviews, adapter=Adapter("lora", r=4), random_state=1)
-    assert not np.allclose(other.predict_proba(texts), proba)
-    other.load_trained(path)
-    np.testing.assert_allclose(other.predict_proba(texts), proba, atol=1e-6)
+    loaded = FineTuneClassifier.from_pretrained(tmp_path, backbone=tiny_bert_encoder)
+    np.testing.assert_allclose(loaded.predict_proba(texts), proba, atol=1e-6)
+    # Adapters of another rank do not take the saved ones; the backbone
+    # stays pristine.
+    pristine = state_snapshot(tiny_bert_encoder.module())
+    with pytest.raises(ValueError, match=r"[1-9]\d* of another shape"):
+        FineTuneClassifier.from_pretrained(
+            tmp_path, backbone=tiny_bert_encoder, adapter=Adapter("lora", r=2)
+        )
+    assert_same_state(pristine, state_snapshot(tiny_bert_encoder.module()))
     clf.merge_adapters()
     np.testing.assert_allclose(clf.predict_proba(texts), proba, atol=1e-5)
-    wrong = fit_text(tiny_bert, reviews, adapter=Adapter("lora", r=2), max_epochs=1)
-    with pytest.raises(ValueError, match=r"shapes differ"):
-        wrong.load_trained(path)
 
 
-def test_adapters_are_tuned_in_a_grid_search(tiny_bert, reviews):
+def test_adapters_are_tuned_in_a_grid_search(tiny_bert_encoder, reviews):
     texts, labels = reviews
-    clf = FineTuneClassifier(tiny_bert, lr=1e-2, max_epochs=2, random_state=0)
+    clf = FineTuneClassifier(tiny_bert_encoder, lr=1e-2, max_epochs=2, random_state=0)
     grid = [{"adapter": [None]}, {"adapter": [Adapter("lora")], "adapter__r": [2, 4]}]
     search = GridSearchCV(clf, grid, cv=2).fit(texts, labels)
     assert len(search.cv_results_["params"]) == 3
@@ -186,15 +182,17 @@ def test_bad_adapters_are_reported(blobs, adapter, kwargs, message):
 
 
 def test_the_frozen_prefix_of_an_adapted_encoder_runs_once_per_sample(
-    tiny_bert, reviews
+    tiny_bert_encoder, reviews
 ):
     texts, labels = reviews
     seen = []
-    hook = tiny_bert.module().model.embeddings.register_forward_hook(
+    hook = tiny_bert_encoder.module().model.embeddings.register_forward_hook(
         lambda module, args, out: seen.append(len(out))
     )  # copied into each fit's training copy with the module
     try:
-        clf = fit_text(tiny_bert, reviews, adapter="lora", freeze=2, max_epochs=4)
+        clf = fit_text(
+            tiny_bert_encoder, reviews, adapter="lora", freeze=2, max_epochs=4
+        )
     finally:
         hook.remove()
     # One pass over the texts, a handful of probe samples: not four epochs.

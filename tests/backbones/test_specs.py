@@ -9,6 +9,7 @@ import urllib.error
 
 import pytest
 import torch
+from helpers import TINY_VIT
 from sklearn.base import clone
 from torch import nn
 
@@ -21,14 +22,6 @@ from sktune.backbones import (
 timm = pytest.importorskip("timm")
 tvm = pytest.importorskip("torchvision.models")
 transformers = pytest.importorskip("transformers")
-
-
-TINY_VIT = {"depth": 1, "img_size": 32, "embed_dim": 24, "num_heads": 2}
-
-
-def same_state(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_spec_is_resolved_lazily_and_shared():

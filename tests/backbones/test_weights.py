@@ -5,6 +5,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from helpers import TINY_VIT, same_state
 from torch import nn
 
 from sktune import Backbone
@@ -16,17 +17,10 @@ from sktune.backbones import (
 timm = pytest.importorskip("timm")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-TINY_VIT = {"depth": 1, "img_size": 32, "embed_dim": 24, "num_heads": 2}
-
 
 def tiny_mlp() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-
-
-def same_state(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 @pytest.fixture

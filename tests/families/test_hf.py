@@ -13,7 +13,10 @@ from helpers import (
     check_partition,
     frozen_after,
     names_under,
-    save_tiny_hf_encoder,
+    same_state,
+    tiny_bert,
+    tiny_bert_config,
+    tiny_distilbert,
 )
 from helpers import (
     make_classifier as make,
@@ -40,24 +43,6 @@ VOCAB = [
     "sat",
     "ran",
 ]
-
-
-def tiny_bert():
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        vocab_size=100,
-        max_position_embeddings=32,
-    )
-    return transformers.BertModel(config)
-
-
-def same_state(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 @pytest.fixture(scope="module")
@@ -191,10 +176,7 @@ def test_token_type_ids_reach_the_models_that_take_them():
         assert not torch.allclose(bert(ids, mask, second), alone)
     # DistilBERT has no segments: it is given no token_type_ids, which it
     # would refuse, and the output is the one without them.
-    config = transformers.DistilBertConfig(
-        dim=32, n_layers=1, n_heads=2, hidden_dim=37, vocab_size=100
-    )
-    distilbert = HFEncoder(transformers.DistilBertModel(config)).eval()
+    distilbert = HFEncoder(tiny_distilbert(n_layers=1)).eval()
     with torch.no_grad():
         assert torch.equal(distilbert(ids, mask, second), distilbert(ids, mask))
 
@@ -229,20 +211,9 @@ def test_minilm_package_mean_pooling():
 # -- block maps
 
 
-def bert_config():
-    return transformers.BertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        vocab_size=100,
-    )
-
-
 @pytest.fixture(scope="module")
 def bert():
-    torch.manual_seed(0)
-    return transformers.BertModel(bert_config())
+    return tiny_bert()
 
 
 def test_bert_embeddings_layers_pooler_last(bert):
@@ -270,7 +241,7 @@ def test_hf_wrapper_names_carry_its_prefix(bert):
 
 
 def test_hf_task_model_head_is_in_no_block():
-    model = transformers.BertForSequenceClassification(bert_config())
+    model = transformers.BertForSequenceClassification(tiny_bert_config())
     blocks = check_partition(model, excluded=("classifier",))
     assert blocks[0].name == "bert.embeddings"
     _, trainable = frozen_after(model, len(blocks))
@@ -278,10 +249,7 @@ def test_hf_task_model_head_is_in_no_block():
 
 
 def test_distilbert_transformer_layers():
-    config = transformers.DistilBertConfig(
-        dim=32, n_layers=2, n_heads=2, hidden_dim=37, vocab_size=100
-    )
-    model = transformers.DistilBertModel(config)
+    model = tiny_distilbert(n_layers=2)
     blocks = check_partition(model)
     assert [b.name for b in blocks] == [
         "embeddings",
@@ -296,9 +264,9 @@ def test_distilbert_transformer_layers():
 
 
 @pytest.fixture(scope="module", params=["bert", "distilbert"])
-def tiny_encoder(request, tmp_path_factory, reviews):
-    path = tmp_path_factory.mktemp(request.param)
-    return Backbone(str(save_tiny_hf_encoder(path, reviews[0], request.param)))
+def tiny_encoder(request):
+    """Each saved tiny encoder of conftest.py in turn."""
+    return request.getfixturevalue(f"tiny_{request.param}_encoder")
 
 
 @pytest.mark.parametrize("freeze", [1, 2, 3])
