@@ -467,60 +467,6 @@ def test_head_options(blobs):
         make_classifier(head="conv").fit(X, y)
 
 
-@pytest.mark.parametrize(
-    ("freeze", "error", "message"),
-    [
-        (
-            5,
-            ValueError,
-            r"freeze=5 is out of range: the backbone has 3 blocks, so use an int in \[-3, 3\]",
-        ),
-        (-4, ValueError, r"freeze=-4 is out of range"),
-        (
-            1.5,
-            ValueError,
-            r"freeze=1.5 is out of range: a float freeze is the fraction",
-        ),
-        (
-            "some",
-            ValueError,
-            r"freeze='some' is not valid; use None or 0 \(train everything\)",
-        ),
-        (True, TypeError, r"freeze=True is not valid; use None or 0"),
-        (
-            ["nope.*"],
-            ValueError,
-            r"freeze pattern 'nope.\*' matches no backbone parameter",
-        ),
-        (Freeze(depth=9), ValueError, r"freeze__depth=9 is out of range"),
-        (
-            Freeze(depth="some"),
-            ValueError,
-            r"freeze__depth='some' is not valid; use None or 0",
-        ),
-        (
-            Freeze(train_bn="yes"),
-            TypeError,
-            r"freeze__train_bn='yes' is not valid; use True or False",
-        ),
-    ],
-)
-def test_bad_freeze_is_reported_with_the_valid_range(blobs, freeze, error, message):
-    X, y = blobs
-    backbone = mlp_backbone()
-    before = state_snapshot(backbone)
-    with pytest.raises(error, match=message):
-        make_classifier(backbone, freeze=freeze).fit(X, y)
-    assert_same_state(before, state_snapshot(backbone))
-
-
-def test_backbone_of_the_wrong_type():
-    with pytest.raises(
-        TypeError, match=r"backbone=42 is not valid; use an nn.Module instance, a zero"
-    ):
-        make_classifier(backbone=42).fit(np.zeros((4, 2)), [0, 1, 0, 1])
-
-
 def test_input_the_backbone_cannot_process(blobs):
     X, y = blobs
     with pytest.raises(

@@ -1,11 +1,19 @@
 """The shared parameters: one definition, validated at fit before any work."""
 
+import copy
 import inspect
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 import torch
-from helpers import mlp_backbone, text_backbone
+from helpers import (
+    assert_same_state,
+    mlp_backbone,
+    state_snapshot,
+    text_backbone,
+    tiny_cnn,
+)
 from skorch import NeuralNet
 from torch import nn
 
@@ -39,44 +47,310 @@ def test_both_estimators_have_one_signature_but_the_criterion():
     assert FineTuneClassifier(mlp_backbone()).get_params()["max_epochs"] == 10
 
 
+class Bad(NamedTuple):
+    """A bad parameter setting, and how fit reports it."""
+
+    id: str
+    params: dict
+    error: type
+    message: str
+    #: The input kinds it is checked on (see INPUTS).
+    inputs: tuple = ("array", "text", "image")
+    #: Whether it is caught before any work: a declared constraint is; a
+    #: check that needs the built backbone (a freeze depth against its
+    #: blocks, channels_last against what it takes) comes later, and must
+    #: leave the backbone as it was.
+    first: bool = True
+
+
+NUMBERS = ("array",)
+
+# Every bad parameter of the suite, one row each.
 BAD = [
-    ("freeze", "some", r"freeze='some' is not valid; use None or 0"),
-    ("freeze", Freeze(train_bn=1), r"freeze__train_bn=1 is not valid; use True"),
-    ("head", nn.Linear(16, 2), r"A module instance would be shared between fits"),
-    ("random_state", 1.5, r"random_state=1.5 is not valid; use None, a non-negative"),
-    ("pooling", "sum", r"pooling='sum' is not valid; use one of \['mean', 'cls'"),
-    ("max_length", 0, r"max_length=0 is not valid; use None or a positive int"),
-    ("max_length", True, r"max_length=True is not valid"),
-    ("group_by_length", 1, r"group_by_length=1 is not valid; use True or False"),
-    ("image_size", (8, 0), r"image_size=\(8, 0\) is not valid; use None"),
-    ("cache", 1, r"cache=1 is not valid; use 'auto', True or False"),
-    ("cache_size", 0, r"cache_size=0 is not valid; use a positive number"),
-    ("cache_dtype", torch.int8, r"cache_dtype=torch.int8 is not valid"),
-    ("channels_last", "yes", r"channels_last='yes' is not valid"),
-    ("lr", -1e-3, r"lr=-0.001 is not valid; use a non-negative number"),
-    ("max_epochs", 2.5, r"max_epochs=2.5 is not valid; use a non-negative int"),
-    ("batch_size", 0, r"batch_size=0 is not valid; use a positive int, or -1"),
+    Bad(
+        "backbone-type",
+        {"backbone": 42},
+        InvalidParameterError,
+        r"backbone=42 is not valid; use an nn.Module instance, a zero",
+        NUMBERS,
+    ),
+    Bad(
+        "backbone-prefix",
+        {"backbone": "keras:resnet"},
+        ValueError,
+        r"unknown prefix 'keras'; accepted prefixes are 'timm:', 'torchvision:', 'hf:'",
+        NUMBERS,
+    ),
+    Bad(
+        "backbone-path",
+        {"backbone": "/nonexistent/model_dir"},
+        (OSError, ValueError),
+        r"/nonexistent/model_dir",
+        NUMBERS,
+    ),
+    Bad(
+        "freeze-word",
+        {"freeze": "some"},
+        InvalidParameterError,
+        r"freeze='some' is not valid; use None or 0 \(train everything\)",
+    ),
+    Bad(
+        "freeze-bool",
+        {"freeze": True},
+        InvalidParameterError,
+        r"freeze=True is not valid; use None or 0",
+    ),
+    Bad(
+        "freeze-dict",
+        {"freeze": {"depth": 1}},
+        InvalidParameterError,
+        r"freeze=\{'depth': 1\} is not valid; use None or 0",
+    ),
+    Bad(
+        "freeze-nested-depth",
+        {"freeze": Freeze(depth="some")},
+        InvalidParameterError,
+        r"freeze__depth='some' is not valid; use None or 0",
+    ),
+    Bad(
+        "freeze-train-bn-int",
+        {"freeze": Freeze(train_bn=1)},
+        InvalidParameterError,
+        r"freeze__train_bn=1 is not valid; use True",
+    ),
+    Bad(
+        "freeze-train-bn-str",
+        {"freeze": Freeze(train_bn="yes")},
+        InvalidParameterError,
+        r"freeze__train_bn='yes' is not valid; use True or False",
+    ),
+    Bad(
+        "freeze-range",
+        {"freeze": 4},
+        ValueError,
+        r"freeze=4 is out of range: the backbone has 3 blocks, so use an int in \[-3, 3\]",
+        NUMBERS,
+        first=False,
+    ),
+    Bad(
+        "freeze-range-5",
+        {"freeze": 5},
+        ValueError,
+        r"freeze=5 is out of range: the backbone has 3 blocks, so use an int in \[-3, 3\]",
+        NUMBERS,
+        first=False,
+    ),
+    Bad(
+        "freeze-range-negative",
+        {"freeze": -4},
+        ValueError,
+        r"freeze=-4 is out of range",
+        NUMBERS,
+        first=False,
+    ),
+    Bad(
+        "freeze-fraction",
+        {"freeze": 1.5},
+        ValueError,
+        r"freeze=1.5 is out of range: a float freeze is the fraction",
+        NUMBERS,
+        first=False,
+    ),
+    Bad(
+        "freeze-pattern",
+        {"freeze": ["nope.*"]},
+        ValueError,
+        r"freeze pattern 'nope.\*' matches no backbone parameter",
+        NUMBERS,
+        first=False,
+    ),
+    Bad(
+        "freeze-nested-range",
+        {"freeze": Freeze(depth=9)},
+        ValueError,
+        r"freeze__depth=9 is out of range",
+        NUMBERS,
+        first=False,
+    ),
+    Bad(
+        "head-word",
+        {"head": "transformer"},
+        InvalidParameterError,
+        r"head='transformer' is not valid; use one of \['linear', 'mlp'\]",
+    ),
+    Bad(
+        "head-instance",
+        {"head": nn.Linear(16, 2)},
+        InvalidParameterError,
+        r"A module instance would be shared between fits; pass a factory",
+    ),
+    Bad(
+        "random-state-float",
+        {"random_state": 1.5},
+        InvalidParameterError,
+        r"random_state=1.5 is not valid; use None, a non-negative",
+    ),
+    Bad(
+        "random-state-negative",
+        {"random_state": -1},
+        InvalidParameterError,
+        r"random_state=-1 is not valid; use None, a non-negative int",
+    ),
+    Bad(
+        "pooling-sum",
+        {"pooling": "sum"},
+        InvalidParameterError,
+        r"pooling='sum' is not valid; use one of \['mean', 'cls'",
+    ),
+    Bad(
+        "pooling-last",
+        {"pooling": "last"},
+        InvalidParameterError,
+        r"pooling='last' is not valid; use one of \['mean', 'cls', 'max'\]",
+    ),
+    Bad(
+        "max-length-zero",
+        {"max_length": 0},
+        InvalidParameterError,
+        r"max_length=0 is not valid; use None or a positive int",
+    ),
+    Bad(
+        "max-length-bool",
+        {"max_length": True},
+        InvalidParameterError,
+        r"max_length=True is not valid",
+    ),
+    Bad(
+        "group-by-length-int",
+        {"group_by_length": 1},
+        InvalidParameterError,
+        r"group_by_length=1 is not valid; use True or False",
+    ),
+    Bad(
+        "group-by-length-str",
+        {"group_by_length": "yes"},
+        InvalidParameterError,
+        r"group_by_length='yes' is not valid; use True or False",
+    ),
+    Bad(
+        "group-by-length-on-images",
+        {"group_by_length": True},
+        ValueError,
+        r"group_by_length=True groups texts by their length, but X holds image data",
+        ("image",),
+    ),
+    Bad(
+        "image-size-zero",
+        {"image_size": (8, 0)},
+        InvalidParameterError,
+        r"image_size=\(8, 0\) is not valid; use None",
+    ),
+    Bad(
+        "image-size-one",
+        {"image_size": (8,)},
+        InvalidParameterError,
+        r"image_size=\(8,\) is not valid",
+    ),
+    Bad(
+        "cache",
+        {"cache": 1},
+        InvalidParameterError,
+        r"cache=1 is not valid; use 'auto', True or False",
+    ),
+    Bad(
+        "cache-size",
+        {"cache_size": 0},
+        InvalidParameterError,
+        r"cache_size=0 is not valid; use a positive number",
+    ),
+    Bad(
+        "cache-dtype-torch",
+        {"cache_dtype": torch.int8},
+        InvalidParameterError,
+        r"cache_dtype=torch.int8 is not valid",
+    ),
+    Bad(
+        "cache-dtype-str",
+        {"cache_dtype": "int8"},
+        InvalidParameterError,
+        r"cache_dtype='int8' is not valid; use None \(store as computed\), 'float16'",
+    ),
+    Bad(
+        "channels-last",
+        {"channels_last": "yes"},
+        InvalidParameterError,
+        r"channels_last='yes' is not valid; use 'auto', True or False",
+    ),
+    Bad(
+        "channels-last-on-vectors",
+        {"channels_last": True},
+        ValueError,
+        r"channels_last=True, but the input is not a batch of images",
+        NUMBERS,
+        first=False,
+    ),
+    Bad(
+        "lr",
+        {"lr": -1e-3},
+        InvalidParameterError,
+        r"lr=-0.001 is not valid; use a non-negative number",
+    ),
+    Bad(
+        "max-epochs",
+        {"max_epochs": 2.5},
+        InvalidParameterError,
+        r"max_epochs=2.5 is not valid; use a non-negative int",
+    ),
+    Bad(
+        "batch-size",
+        {"batch_size": 0},
+        InvalidParameterError,
+        r"batch_size=0 is not valid; use a positive int, or -1",
+    ),
 ]
 
+rng = np.random.RandomState(0)
+#: Each input kind: a backbone that takes it, and 20 samples of it.
+INPUTS = {
+    "array": (mlp_backbone, rng.normal(size=(20, 8))),
+    # The bare encoder: no tokenizer is needed to refuse a parameter.
+    "text": (lambda: text_backbone().module(), ["good food", "bad food"] * 10),
+    "image": (tiny_cnn, rng.randint(0, 256, size=(20, 8, 8), dtype=np.uint8)),
+}
+CASES = [(bad, kind) for bad in BAD for kind in bad.inputs]
 
-@pytest.mark.parametrize(("name", "value", "message"), BAD, ids=[b[0] for b in BAD])
-@pytest.mark.parametrize("kind", ["array", "text"])
-def test_a_bad_value_is_caught_before_any_work_whatever_the_input(
-    name, value, message, kind
-):
+
+@pytest.mark.parametrize(
+    ("bad", "kind"), CASES, ids=[f"{bad.id}-{kind}" for bad, kind in CASES]
+)
+def test_a_bad_parameter_is_reported_and_nothing_is_touched(bad, kind):
     # A text-only setting is checked on numbers too, an image one on text.
+    make_backbone, X = INPUTS[kind]
+    X_before = copy.deepcopy(X)
     built = []
+    if bad.first:
 
-    def factory():
-        built.append(1)
-        return mlp_backbone() if kind == "array" else text_backbone().module()
+        def backbone():
+            built.append(1)
+            return make_backbone()
 
-    X, y = (X8, Y2) if kind == "array" else (["good", "bad"] * 10, Y2)
-    clf = FineTuneClassifier(factory, **{"max_epochs": 1, name: value})
-    with pytest.raises(InvalidParameterError, match=message):
-        clf.fit(X, y)
-    assert built == []  # nothing was loaded, copied or probed
-    assert not hasattr(clf, "module_")
+    else:
+        backbone = make_backbone()
+        pristine = state_snapshot(backbone)
+        requires_grad = [p.requires_grad for p in backbone.parameters()]
+    clf = FineTuneClassifier(**{"backbone": backbone, "max_epochs": 1, **bad.params})
+    with pytest.raises(bad.error, match=bad.message):
+        clf.fit(X, np.arange(20) % 2)
+    if bad.first:
+        assert built == []  # nothing was loaded, copied or probed
+        assert not hasattr(clf, "module_")
+    else:
+        assert_same_state(pristine, state_snapshot(backbone))
+        assert [p.requires_grad for p in backbone.parameters()] == requires_grad
+    if isinstance(X, np.ndarray):
+        np.testing.assert_array_equal(X, X_before)
+    else:
+        assert X == X_before
 
 
 def test_invalid_parameter_error_is_a_value_and_a_type_error():
