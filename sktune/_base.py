@@ -298,46 +298,46 @@ class FineTuneMixin(PretrainedMixin):
         return self._fit(X, y, reset=reset, classes=classes, **fit_params)
 
     def _fit(self, X, y, *, reset: bool, classes=None, **fit_params):
-        with self._on_device():
-            validate_params(self)
-            seeds = fit_seeds(self.random_state, self.n_restarts if reset else 1)
-            cuda = torch.cuda.is_available() and "cuda" in str(self.device)
-            with seeded(seeds[0].init, cuda=cuda):
-                with restored_on_error(self):
-                    X, y, fitted = check_fit_data(
-                        self, X, y, reset=reset, regression=self._regression
-                    )
-                    check_against_input(self, fitted.kind)
-                    y = self._encode_targets(y, reset=reset, classes=classes)
-                    if reset:
-                        self.input_spec_ = fitted
-                        self._seeds = seeds[0]
-                        self.initialize()
-                        self._fit_stages.check(self.max_epochs)
-                    elif len(self.history_) == 0:
-                        self._seeds = seeds[0]
-                if len(seeds) == 1:
-                    first_epoch = len(self.history_) + 1
-                    super().partial_fit(X, y, **fit_params)
-                    warn_if_learned_nothing(self, y, first_epoch, stacklevel=4)
-                    return self
-            fit_restarts(
-                self,
-                X,
-                y,
-                seeds,
-                lambda X_, y_, epochs: super(FineTuneMixin, self).partial_fit(
-                    X_, y_, epochs=epochs, **fit_params
-                ),
-                lambda X_, y_, epochs: self._resume(X_, y_, epochs, **fit_params),
-                cuda,
-            )
-            warn_if_learned_nothing(self, y, 1, stacklevel=4)
-            return self
+        validate_params(self)
+        seeds = fit_seeds(self.random_state, self.n_restarts if reset else 1)
+        cuda = torch.cuda.is_available() and "cuda" in str(self._compute_device)
+        with seeded(seeds[0].init, cuda=cuda):
+            with restored_on_error(self):
+                X, y, fitted = check_fit_data(
+                    self, X, y, reset=reset, regression=self._regression
+                )
+                check_against_input(self, fitted.kind)
+                y = self._encode_targets(y, reset=reset, classes=classes)
+                if reset:
+                    self.input_spec_ = fitted
+                    self._seeds = seeds[0]
+                    self.initialize()
+                    self._fit_stages.check(self.max_epochs)
+                elif len(self.history_) == 0:
+                    self._seeds = seeds[0]
+            if len(seeds) == 1:
+                first_epoch = len(self.history_) + 1
+                super().partial_fit(X, y, **fit_params)
+                warn_if_learned_nothing(self, y, first_epoch, stacklevel=4)
+                return self
+        fit_restarts(
+            self,
+            X,
+            y,
+            seeds,
+            lambda X_, y_, epochs: super(FineTuneMixin, self).partial_fit(
+                X_, y_, epochs=epochs, **fit_params
+            ),
+            lambda X_, y_, epochs: self._resume(X_, y_, epochs, **fit_params),
+            cuda,
+        )
+        warn_if_learned_nothing(self, y, 1, stacklevel=4)
+        return self
 
     def _on_device(self):
         """Inside, skorch reads ``device="auto"`` as the device it resolves to
-        (CUDA where available); the parameter itself stays ``"auto"``."""
+        (CUDA where available); the parameter itself stays ``"auto"``, and
+        callbacks see it as set."""
         if self.__dict__.get("device") == "auto":
             return scoped(self, device=resolve_device("auto"))
         return nullcontext()
@@ -401,7 +401,7 @@ class FineTuneMixin(PretrainedMixin):
     @property
     def _compute_device(self):
         """Where the network is planned and trains (``device``, resolved)."""
-        return self.device
+        return resolve_device(self.device)
 
     @property
     def _network(self):
@@ -472,13 +472,8 @@ class FineTuneMixin(PretrainedMixin):
         pass  # Data is validated in fit/partial_fit, before skorch sees it.
 
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
-        """skorch's loop, run stage by stage of the freeze schedule.
-
-        ``X`` is the validated input; each stage (a run of epochs with the
-        same frozen blocks) trains on its own data: the cached outputs of its
-        frozen prefix where that is exact, else the input (see
-        :class:`sktune.stages.FitStages`).
-        """
+        """skorch's loop, run stage by stage of the freeze schedule, each on
+        its own data (see :class:`sktune.stages.FitStages`)."""
         epochs = self.max_epochs if epochs is None else epochs
 
         def loop(data, n_epochs):
@@ -534,6 +529,14 @@ class FineTuneMixin(PretrainedMixin):
             return bar(self.verbose, loader, desc="predict", unit="batch", delay=1)
         return loader
 
+    def infer(self, x, **fit_params):
+        with self._on_device():  # skorch moves the batch to self.device
+            return super().infer(x, **fit_params)
+
+    def get_loss(self, y_pred, y_true, *args, **kwargs):
+        with self._on_device():  # skorch moves the targets to self.device
+            return super().get_loss(y_pred, y_true, *args, **kwargs)
+
     def train_step_single(self, batch, **fit_params):
         # skorch's, through the step guard: the loss scaled for float16 (or
         # the accelerator's backward), and no non-finite step applied.
@@ -584,7 +587,7 @@ class FineTuneMixin(PretrainedMixin):
 
     def _forward_numpy(self, X) -> np.ndarray:
         """Raw head outputs for validated ``X``, one row per sample."""
-        with self._on_device(), scoped(self, _predicting=True):
+        with scoped(self, _predicting=True):
             data = X if isinstance(X, Dataset) else self._fit_stages.dataset(self, X)
             return super().predict_proba(data)
 
@@ -603,9 +606,7 @@ class FineTuneMixin(PretrainedMixin):
         -------
         ndarray of shape (n_samples, n_features)
         """
-        X = self._check_predict_X(X)
-        with self._on_device():
-            return self._fit_stages.embed(self, X)
+        return self._fit_stages.embed(self, self._check_predict_X(X))
 
     # -- the trained part ------------------------------------------------------
 
@@ -613,8 +614,7 @@ class FineTuneMixin(PretrainedMixin):
         """Merge the adapters into the backbone's weights, for faster inference.
 
         Predictions stay the same (to rounding); the adapters no longer run
-        as separate layers, and no longer train: a later ``fit`` starts
-        afresh anyway.
+        as separate layers (a later ``fit`` starts afresh anyway).
 
         Returns
         -------

@@ -407,8 +407,7 @@ class PretrainedMixin:
         >>> clf.save_pretrained("sentiment-model")  # doctest: +SKIP
         >>> FineTuneClassifier.from_pretrained("sentiment-model")  # doctest: +SKIP
         """
-        with self._on_device():
-            save(self, directory)
+        save(self, directory)
 
     @classmethod
     def from_pretrained(cls, directory, backbone=None, **params):

@@ -1,13 +1,16 @@
 """Device and precision: device="auto", bfloat16 and float16 autocast."""
 
 import pickle
+import threading
 
 import numpy as np
 import pytest
 import torch
 from helpers import make_classifier, mlp_backbone, tiny_cnn
+from skorch.callbacks import Callback
 
 from sktune import FineTuneRegressor
+from sktune._scoped import scoped
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -22,6 +25,39 @@ def test_auto_device_is_resolved_in_fit_and_kept_as_the_parameter(blobs):
     restored = pickle.loads(pickle.dumps(clf))
     assert restored.device == "auto" and restored.device_ == expected
     np.testing.assert_array_equal(restored.predict_proba(X), clf.predict_proba(X))
+
+
+class _Seen(Callback):
+    """Records the parameters a callback reads during a fit."""
+
+    def initialize(self):
+        self.seen = set()
+        return self
+
+    def on_batch_end(self, net, **kwargs):
+        params = net.get_params()
+        self.seen.add((net.device, net.verbose, params["device"], params["verbose"]))
+
+
+def test_a_fit_never_rewrites_device_or_verbose(blobs, capsys):
+    # skorch reads device="auto" as the resolved device, and verbose=1 as 0
+    # while it re-initializes, but only inside its own reads: callbacks,
+    # get_params and other threads see what the user set.
+    seen = _Seen()
+    clf = make_classifier(device="auto", verbose=1, callbacks=[("seen", seen)])
+    clf.set_params(max_epochs=2).fit(*blobs)
+    clf.set_params(lr=0.05)  # re-initializes the optimizer, silently
+    clf.partial_fit(*blobs)
+    assert dict(clf.callbacks_)["seen"].seen == {("auto", 1, "auto", 1)}
+    assert "Re-initializing" not in capsys.readouterr().out
+
+    with scoped(clf, device="cpu"):
+        other = []
+        thread = threading.Thread(target=lambda: other.append(clf.device))
+        thread.start()
+        thread.join()
+        assert clf.device == "cpu" and other == ["auto"]
+    assert clf.device == "auto" and clf.__dict__["device"] == "auto"
 
 
 @pytest.mark.parametrize("precision", ["bf16", "16"])
