@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 __all__ = [
-    "device_of",
     "eval_mode",
     "has_lazy",
     "is_lazy",
@@ -38,14 +37,6 @@ def is_lazy(param) -> bool:
 def has_lazy(module: nn.Module) -> bool:
     """Whether ``module`` still has uninitialized (lazy) parameters."""
     return any(is_lazy(p) for p in module.parameters())
-
-
-def device_of(module: nn.Module) -> torch.device:
-    """The device of a module's (materialized) parameters; CPU without any."""
-    return next(
-        (p.device for p in module.parameters() if not is_lazy(p)),
-        torch.device("cpu"),
-    )
 
 
 def under(name: str, prefix: str) -> bool:

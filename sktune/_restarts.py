@@ -19,7 +19,7 @@ from skorch.utils import to_numpy
 from ._random import seeded
 from .cache.prefix import _take
 
-__all__ = ["fit_restarts"]
+__all__ = ["encoded_score", "fit_restarts"]
 
 #: The share of the fit data an internal validation split holds out.
 HOLDOUT = 0.2
@@ -61,7 +61,7 @@ def fit_restarts(estimator, X, y, seeds, train, resume, cuda: bool) -> None:
                 estimator.initialize()  # fresh pristine copy, head by this seed
             train(X_fit, y_fit, estimator.restart_epochs)
         if internal:
-            score = _score(estimator, _take(X, valid_idx), y[valid_idx])
+            score = encoded_score(estimator, _take(X, valid_idx), y[valid_idx])
         else:
             score = _history_score(estimator)
         results.append(
@@ -96,8 +96,12 @@ def _holdout(y, regression: bool, seed) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def _score(estimator, X, y) -> float:
-    """Accuracy (classifiers) or R² (regressors) on encoded targets."""
+def encoded_score(estimator, X, y) -> float:
+    """Accuracy (classifiers) or R² (regressors) on encoded targets: class
+    indices into ``classes_``, or targets in the network's shape.
+
+    Also the classifier's ``valid_acc`` (an ``EpochScoring`` scorer).
+    """
     out = estimator._forward_numpy(X)
     if estimator._regression:
         return float(r2_score(np.asarray(y), out.reshape(np.shape(y))))

@@ -11,6 +11,7 @@ from skorch.callbacks import EpochScoring
 from torch import nn
 
 from ._base import FineTuneMixin
+from ._restarts import encoded_score
 from .data.inputs import encode_labels
 
 __all__ = ["FineTuneClassifier", "FineTuneRegressor"]
@@ -213,12 +214,6 @@ def _signature(**defaults) -> inspect.Signature:
     )
 
 
-def _encoded_accuracy(net, X, y) -> float:
-    """Accuracy of ``net`` on targets encoded as indices into ``classes_``."""
-    y_pred = net.predict_proba(X).argmax(axis=1)
-    return float(np.mean(y_pred == np.asarray(y)))
-
-
 class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
     __doc__ = (
         """Fine-tune a pretrained backbone with a fresh classification head.
@@ -257,9 +252,7 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
         return [
             (
                 name,
-                EpochScoring(
-                    _encoded_accuracy, name="valid_acc", lower_is_better=False
-                ),
+                EpochScoring(encoded_score, name="valid_acc", lower_is_better=False),
             )
             if name == "valid_acc"
             else (name, cb)
