@@ -2,7 +2,9 @@
 
 Each parameter's constraint is declared once (:data:`CONSTRAINTS`, in the
 spirit of scikit-learn's ``_parameter_constraints``); what a valid value is
-lives with its concept (``freeze.is_policy``, ``heads.is_head``, ...).
+lives with its concept (``freeze.is_policy``, ``heads.is_head``, ...), and
+the nested objects (``Freeze``, ``Adapter``, ``LRSchedule``) check their own
+fields (:class:`sktune._constraints.NestedParams`).
 :func:`validate_params` checks every one at the start of ``fit``, before
 any work and whatever the input kind, and raises
 :class:`InvalidParameterError` naming the parameter, the value and what is
@@ -15,20 +17,26 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import numbers
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
-from .adapters import ADAPTER_ACCEPTED, FIELD_CONSTRAINTS, Adapter, is_adapter
+from ._constraints import (
+    BOOL,
+    Constraint,
+    InvalidParameterError,
+    NestedParams,
+    is_int,
+    is_real,
+    one_of,
+)
+from .adapters import ADAPTER_ACCEPTED, is_adapter
 from .backbones import BACKBONE_ACCEPTED, is_backbone_source
 from .cache.prefix import CACHE_DTYPE_ACCEPTED, is_cache_dtype
 from .data.images import IMAGE_SIZE_ACCEPTED, is_image_size
-from .freeze import FREEZE_ACCEPTED, Freeze, is_policy
+from .freeze import FREEZE_ACCEPTED, is_policy
 from .heads import HEAD_ACCEPTED, POOLINGS, head_hint, is_head
 from .runtime import PRECISIONS
-from .schedules import LR_SCHEDULE_ACCEPTED, LRSchedule
+from .schedules import LR_SCHEDULE_ACCEPTED, is_lr_schedule
 
 __all__ = [
     "CONSTRAINTS",
@@ -39,61 +47,7 @@ __all__ = [
 ]
 
 
-class InvalidParameterError(ValueError, TypeError):
-    """A parameter has a value it does not accept.
-
-    A ValueError and a TypeError (as scikit-learn's own), so code that
-    catches either keeps working.
-    """
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """What one parameter accepts.
-
-    Attributes
-    ----------
-    accepted : str
-        The accepted values, in words (ends the error message).
-    valid : callable
-        ``valid(value) -> bool``.
-    hint : callable, optional
-        ``hint(value) -> str``: a sentence on how to fix this value.
-    """
-
-    accepted: str
-    valid: Callable[[object], bool]
-    hint: Callable[[object], str] | None = None
-
-    def check(self, name: str, value) -> None:
-        if self.valid(value):
-            return
-        hint = self.hint(value) if self.hint is not None else ""
-        raise InvalidParameterError(
-            f"{name}={value!r} is not valid; use {self.accepted}."
-            + (f" {hint}" if hint else "")
-        )
-
-
-def _int(value, low: int) -> bool:
-    return (
-        isinstance(value, numbers.Integral)
-        and not isinstance(value, bool)
-        and value >= low
-    )
-
-
-def _real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _one_of(*values) -> Callable[[object], bool]:
-    # By type and value: True == 1, but cache=1 is no setting.
-    return lambda v: any(type(v) is type(a) and v == a for a in values)
-
-
-_BOOL = Constraint("True or False", lambda v: isinstance(v, bool))
-_AUTO_BOOL = Constraint("'auto', True or False", _one_of("auto", True, False))
+_AUTO_BOOL = Constraint("'auto', True or False", one_of("auto", True, False))
 
 #: The shared parameters' constraints (skorch's own are checked by skorch).
 CONSTRAINTS: dict[str, Constraint] = {
@@ -102,87 +56,45 @@ CONSTRAINTS: dict[str, Constraint] = {
     "head": Constraint(HEAD_ACCEPTED, is_head, head_hint),
     "random_state": Constraint(
         "None, a non-negative int or a numpy RandomState",
-        lambda v: v is None or _int(v, 0) or isinstance(v, np.random.RandomState),
+        lambda v: v is None or is_int(v, 0) or isinstance(v, np.random.RandomState),
     ),
     "pooling": Constraint(
         f"one of {list(POOLINGS)} or None (the backbone's own default)",
         lambda v: v is None or (isinstance(v, str) and v in POOLINGS),
     ),
     "max_length": Constraint(
-        "None or a positive int", lambda v: v is None or _int(v, 1)
+        "None or a positive int", lambda v: v is None or is_int(v, 1)
     ),
-    "group_by_length": _BOOL,
+    "group_by_length": BOOL,
     "image_size": Constraint(IMAGE_SIZE_ACCEPTED, is_image_size),
     "cache": _AUTO_BOOL,
     "cache_size": Constraint(
-        "a positive number of megabytes", lambda v: _real(v) and v > 0
+        "a positive number of megabytes", lambda v: is_real(v) and v > 0
     ),
     "cache_dtype": Constraint(CACHE_DTYPE_ACCEPTED, is_cache_dtype),
     "channels_last": _AUTO_BOOL,
-    "lr": Constraint("a non-negative number", lambda v: _real(v) and v >= 0),
-    "max_epochs": Constraint("a non-negative int", lambda v: _int(v, 0)),
+    "lr": Constraint("a non-negative number", lambda v: is_real(v) and v >= 0),
+    "max_epochs": Constraint("a non-negative int", lambda v: is_int(v, 0)),
     "batch_size": Constraint(
         "a positive int, or -1 (the whole data set)",
-        lambda v: _int(v, 1) or (_int(v, -1) and v == -1),
+        lambda v: is_int(v, 1) or (is_int(v, -1) and v == -1),
     ),
     "adapter": Constraint(ADAPTER_ACCEPTED, is_adapter),
     "backbone_lr": Constraint(
         "'auto' (a rate for the backbone's family) or a non-negative number",
-        lambda v: (isinstance(v, str) and v == "auto") or (_real(v) and v >= 0),
+        lambda v: (isinstance(v, str) and v == "auto") or (is_real(v) and v >= 0),
     ),
     "layer_decay": Constraint(
-        "None or a number in (0, 1]", lambda v: v is None or (_real(v) and 0 < v <= 1)
+        "None or a number in (0, 1]", lambda v: v is None or (is_real(v) and 0 < v <= 1)
     ),
-    "lr_schedule": Constraint(
-        LR_SCHEDULE_ACCEPTED,
-        lambda v: (
-            v is None
-            or isinstance(v, LRSchedule)
-            or (isinstance(v, str) and v in _DECAYS)
-        ),
-    ),
-    "n_restarts": Constraint("a positive int", lambda v: _int(v, 1)),
+    "lr_schedule": Constraint(LR_SCHEDULE_ACCEPTED, is_lr_schedule),
+    "n_restarts": Constraint("a positive int", lambda v: is_int(v, 1)),
     "precision": Constraint(
         f"one of {list(PRECISIONS)} (float32, bfloat16 or float16 autocast)",
         lambda v: isinstance(v, str) and v in PRECISIONS,
     ),
-    "restart_epochs": Constraint("a positive int", lambda v: _int(v, 1)),
+    "restart_epochs": Constraint("a positive int", lambda v: is_int(v, 1)),
 }
-
-_DECAYS = ("linear", "cosine")
-
-#: Constraints on the fields of the nested objects, by parameter.
-_NESTED: dict[str, tuple[type, dict[str, Constraint]]] = {
-    "freeze": (
-        Freeze,
-        {
-            "depth": Constraint(
-                FREEZE_ACCEPTED.replace(", or a Freeze(...) object", ""),
-                lambda v: is_policy(v) and not isinstance(v, Freeze),
-            ),
-            "train_bn": _BOOL,
-            "train_bias": _BOOL,
-            "probe_epochs": Constraint("a non-negative int", lambda v: _int(v, 0)),
-            "unfreeze_every": Constraint(
-                "None or a positive int", lambda v: v is None or _int(v, 1)
-            ),
-        },
-    ),
-    "adapter": (
-        Adapter,
-        {k: Constraint(*accepted) for k, accepted in FIELD_CONSTRAINTS.items()},
-    ),
-    "lr_schedule": (
-        LRSchedule,
-        {
-            "decay": Constraint(f"one of {list(_DECAYS)}", lambda v: v in _DECAYS),
-            "warmup": Constraint(
-                "a number in [0, 1)", lambda v: _real(v) and 0 <= v < 1
-            ),
-        },
-    ),
-}
-
 
 #: The parameters the network is built from (:func:`sktune._builder.build_network`).
 NETWORK_PARAMS = (
@@ -211,11 +123,10 @@ def validate_params(estimator) -> None:
     """
     for name, constraint in CONSTRAINTS.items():
         constraint.check(name, getattr(estimator, name))
-    for name, (kind, fields) in _NESTED.items():
+    for name in ("freeze", "adapter", "lr_schedule"):
         value = getattr(estimator, name)
-        if isinstance(value, kind):
-            for field, constraint in fields.items():
-                constraint.check(f"{name}__{field}", getattr(value, field))
+        if isinstance(value, NestedParams):  # checks its own fields
+            value.check(name)
     if estimator.n_restarts > 1 and estimator.restart_epochs > estimator.max_epochs:
         raise InvalidParameterError(
             f"restart_epochs={estimator.restart_epochs} is not valid; use at most "

@@ -22,8 +22,16 @@ import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sklearn.base import BaseEstimator
 from torch import nn
+
+from ._constraints import (
+    BOOL,
+    Constraint,
+    InvalidParameterError,
+    NestedParams,
+    is_int,
+    is_real,
+)
 
 if TYPE_CHECKING:
     from .blocks import Block
@@ -49,7 +57,7 @@ FREEZE_ACCEPTED = (
 )
 
 
-class Freeze(BaseEstimator):
+class Freeze(NestedParams):
     """A freeze policy with options, usable as a nested hyperparameter.
 
     ``GridSearchCV(clf, {"freeze__depth": [0, 2, 4]})`` tunes the depth of a
@@ -96,6 +104,19 @@ class Freeze(BaseEstimator):
     >>> lp_ft = Freeze(depth=0, probe_epochs=3)
     """
 
+    _constraints = {
+        "depth": Constraint(
+            FREEZE_ACCEPTED.replace(", or a Freeze(...) object", ""),
+            lambda v: is_policy(v) and not isinstance(v, Freeze),
+        ),
+        "train_bn": BOOL,
+        "train_bias": BOOL,
+        "probe_epochs": Constraint("a non-negative int", lambda v: is_int(v, 0)),
+        "unfreeze_every": Constraint(
+            "None or a positive int", lambda v: v is None or is_int(v, 1)
+        ),
+    }
+
     def __init__(
         self,
         depth=0,
@@ -113,6 +134,14 @@ class Freeze(BaseEstimator):
     def schedules(self) -> bool:
         """Whether the frozen depth changes during a fit."""
         return bool(self.probe_epochs) or self.unfreeze_every is not None
+
+    def _check_fields_together(self, name: str) -> None:
+        if self.schedules() and isinstance(self.depth, (list, tuple)):
+            raise InvalidParameterError(
+                f"{name}__probe_epochs and {name}__unfreeze_every count blocks, but "
+                f"{name}__depth={self.depth!r} is a list of parameter patterns; "
+                "give a depth (an int, a float or 'all')."
+            )
 
 
 @dataclass(frozen=True)
@@ -146,7 +175,9 @@ def is_policy(freeze) -> bool:
         return freeze == "all"
     if isinstance(freeze, (list, tuple)):
         return all(isinstance(p, str) for p in freeze)
-    return isinstance(freeze, numbers.Real) and not isinstance(freeze, bool)
+    if isinstance(freeze, numbers.Integral):
+        return not isinstance(freeze, bool)
+    return is_real(freeze) and 0.0 <= freeze <= 1.0
 
 
 def plan_freeze(
@@ -156,9 +187,10 @@ def plan_freeze(
 
     Raises
     ------
-    ValueError, TypeError
-        For an out-of-range depth or a value of the wrong type; the message
-        names ``param``, the value and what is accepted.
+    ValueError
+        For an int depth out of the backbone's range, or a pattern that
+        matches no parameter: the checks that need the backbone (any other
+        bad value is refused by the parameter check first).
     """
     train_bn = train_bias = False
     if isinstance(freeze, Freeze):
@@ -174,10 +206,6 @@ def plan_freeze(
         frozen = {name for name, _ in module.named_parameters()}
         eval_modules = _descendants(module, [""], train_bn)
         depth = n_blocks
-    elif isinstance(freeze, str):
-        raise ValueError(
-            f"{param}={freeze!r} is not a valid freeze policy; use {FREEZE_ACCEPTED}."
-        )
     else:
         depth = _resolve_depth(freeze, n_blocks, param)
         chosen = blocks[:depth]
@@ -247,12 +275,9 @@ def frozen_modules(module: nn.Module, plan: FreezePlan) -> list[nn.Module]:
 
 
 def _resolve_depth(freeze, n_blocks: int, param: str) -> int:
+    # A valid policy (is_policy): only an int's range needs the blocks.
     if freeze is None:
         return 0
-    if isinstance(freeze, bool) or not isinstance(freeze, numbers.Real):
-        raise TypeError(
-            f"{param}={freeze!r} is not a valid freeze policy; use {FREEZE_ACCEPTED}."
-        )
     if isinstance(freeze, numbers.Integral):
         k = int(freeze)
         if not -n_blocks <= k <= n_blocks:
@@ -261,23 +286,13 @@ def _resolve_depth(freeze, n_blocks: int, param: str) -> int:
                 f"so use an int in [-{n_blocks}, {n_blocks}] (or 'all')."
             )
         return k if k >= 0 else n_blocks + k
-    fraction = float(freeze)
-    if not 0.0 <= fraction <= 1.0 or math.isnan(fraction):
-        raise ValueError(
-            f"{param}={freeze!r} is out of range: a float freeze is the fraction of "
-            "blocks to freeze and must be in [0, 1]."
-        )
-    return math.floor(fraction * n_blocks)
+    return math.floor(float(freeze) * n_blocks)
 
 
 def _match_patterns(module: nn.Module, patterns, param: str) -> set[str]:
     names = [name for name, _ in module.named_parameters()]
     frozen: set[str] = set()
     for pattern in patterns:
-        if not isinstance(pattern, str):
-            raise TypeError(
-                f"{param} patterns must be strings, got {pattern!r} in {patterns!r}."
-            )
         matched = fnmatch.filter(names, pattern)
         if not matched:
             examples = ", ".join(names[:5])

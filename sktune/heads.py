@@ -15,6 +15,7 @@ __all__ = [
     "head_hint",
     "is_head",
     "pool_features",
+    "pool_tokens",
 ]
 
 HEADS = ("linear", "mlp")
@@ -77,6 +78,23 @@ def build_head(head, in_features: int, out_features: int) -> nn.Module:
 POOLINGS = ("mean", "cls", "max")
 
 
+def pool_tokens(
+    hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str
+) -> torch.Tensor:
+    """Pool token states ``(N, T, D)`` into ``(N, D)``: their mean, maximum
+    or first (``"cls"``) token, over the tokens ``attention_mask`` keeps
+    (all of them without a mask)."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if attention_mask is None:
+        return hidden.amax(dim=1) if pooling == "max" else hidden.mean(dim=1)
+    mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    if pooling == "max":
+        floor = torch.finfo(hidden.dtype).min
+        return hidden.masked_fill(mask == 0, floor).amax(dim=1)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
 def pool_features(output, pooling: str | None = None) -> torch.Tensor:
     """Reduce a backbone output to one feature vector per sample.
 
@@ -105,11 +123,7 @@ def pool_features(output, pooling: str | None = None) -> torch.Tensor:
     if output.ndim == 2:
         return output
     if output.ndim == 3:
-        if pooling == "cls":
-            return output[:, 0]
-        if pooling == "max":
-            return output.amax(dim=1)
-        return output.mean(dim=1)
+        return pool_tokens(output, None, pooling or "mean")
     if output.ndim > 3:
         return output.mean(dim=tuple(range(2, output.ndim)))
     raise ValueError(

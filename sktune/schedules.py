@@ -18,11 +18,13 @@ from __future__ import annotations
 import fnmatch
 import math
 
-from sklearn.base import BaseEstimator
 from skorch.callbacks import Callback
 from torch.optim.lr_scheduler import LambdaLR
 
+from ._constraints import Constraint, NestedParams, is_real, one_of
+
 __all__ = [
+    "DECAYS",
     "LR_SCHEDULE_ACCEPTED",
     "LRSchedule",
     "WarmupDecay",
@@ -33,6 +35,7 @@ __all__ = [
     "check_schedule",
     "format_rates",
     "frozen_at",
+    "is_lr_schedule",
     "optimizer_groups",
     "param_groups",
     "phases",
@@ -296,12 +299,13 @@ def format_rates(rates: dict) -> str:
 
 # -- warmup and decay -------------------------------------------------------------
 
+DECAYS = ("linear", "cosine")
 LR_SCHEDULE_ACCEPTED = (
     "None (a constant rate), 'linear', 'cosine' or an LRSchedule(decay=..., warmup=...)"
 )
 
 
-class LRSchedule(BaseEstimator):
+class LRSchedule(NestedParams):
     """Linear warmup, then decay to zero, over the epochs of a fit.
 
     Parameters
@@ -318,6 +322,11 @@ class LRSchedule(BaseEstimator):
     [0.0, 0.5, 1.0, 0.83, 0.67, 0.5, 0.33, 0.17, 0.0]
     """
 
+    _constraints = {
+        "decay": Constraint(f"one of {list(DECAYS)}", one_of(*DECAYS)),
+        "warmup": Constraint("a number in [0, 1)", lambda v: is_real(v) and 0 <= v < 1),
+    }
+
     def __init__(self, decay="linear", warmup=0.1):
         self.decay = decay
         self.warmup = warmup
@@ -330,6 +339,11 @@ class LRSchedule(BaseEstimator):
         if self.decay == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * rest))
         return 1.0 - rest
+
+
+def is_lr_schedule(value) -> bool:
+    """Whether ``value`` is an ``lr_schedule`` parameter by its type."""
+    return value is None or isinstance(value, LRSchedule) or one_of(*DECAYS)(value)
 
 
 def as_lr_schedule(value) -> LRSchedule | None:

@@ -101,8 +101,3 @@ def test_bad_train_bn_is_reported(blobs):
         TypeError, match=r"freeze__train_bn='yes' is not valid; use True or False"
     ):
         FineTuneClassifier(mlp_backbone(), freeze=Freeze(train_bn="yes")).fit(*blobs)
-
-
-def test_non_string_pattern_is_reported():
-    with pytest.raises(TypeError, match=r"freeze patterns must be strings, got 3"):
-        plan_freeze(mlp_backbone(), block_map(mlp_backbone()), ["0.*", 3])

@@ -152,9 +152,15 @@ BAD = [
         "freeze-fraction",
         {"freeze": 1.5},
         ValueError,
-        r"freeze=1.5 is out of range: a float freeze is the fraction",
+        r"freeze=1.5 is not valid; use .* a float in \[0, 1\] \(that fraction",
         NUMBERS,
-        first=False,
+    ),
+    Bad(
+        "freeze-pattern-type",
+        {"freeze": ["0.*", 3]},
+        TypeError,
+        r"freeze=\['0.\*', 3\] is not valid; use .* a list of parameter-name",
+        NUMBERS,
     ),
     Bad(
         "freeze-pattern",

@@ -16,9 +16,7 @@ k blocks adapter-free and the frozen-prefix cache still serves them.
 
 from __future__ import annotations
 
-import numbers
-
-from sklearn.base import BaseEstimator
+from .._constraints import Constraint, NestedParams, is_int, is_real, one_of
 
 __all__ = [
     "ADAPTER_ACCEPTED",
@@ -35,7 +33,7 @@ ADAPTER_ACCEPTED = (
 )
 
 
-class Adapter(BaseEstimator):
+class Adapter(NestedParams):
     """A parameter-efficient adapter, usable as a nested hyperparameter.
 
     ``GridSearchCV(clf, {"adapter__r": [4, 8, 16]})`` tunes the rank of a
@@ -67,6 +65,26 @@ class Adapter(BaseEstimator):
     {'alpha': 16, 'dropout': 0.0, 'kind': 'lora', 'r': 4, 'target': None}
     """
 
+    _constraints = {
+        "kind": Constraint(f"one of {list(ADAPTER_KINDS)}", one_of(*ADAPTER_KINDS)),
+        "r": Constraint("a positive int", lambda v: is_int(v, 1)),
+        "alpha": Constraint("a positive number", lambda v: is_real(v) and v > 0),
+        "dropout": Constraint(
+            "a number in [0, 1)", lambda v: is_real(v) and 0 <= v < 1
+        ),
+        "target": Constraint(
+            "None or a list of module names or patterns",
+            lambda v: (
+                v is None
+                or (
+                    isinstance(v, (list, tuple))
+                    and len(v) > 0
+                    and all(isinstance(t, str) for t in v)
+                )
+            ),
+        ),
+    }
+
     def __init__(self, kind="lora", r=8, alpha=16, dropout=0.0, target=None):
         self.kind = kind
         self.r = r
@@ -85,30 +103,3 @@ def is_adapter(value) -> bool:
 def as_adapter(value) -> Adapter | None:
     """The :class:`Adapter` a valid ``adapter`` parameter stands for."""
     return Adapter(value) if isinstance(value, str) else value
-
-
-def _real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-#: Constraints on an Adapter's fields: (accepted, valid).
-FIELD_CONSTRAINTS = {
-    "kind": (f"one of {list(ADAPTER_KINDS)}", lambda v: v in ADAPTER_KINDS),
-    "r": (
-        "a positive int",
-        lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0,
-    ),
-    "alpha": ("a positive number", lambda v: _real(v) and v > 0),
-    "dropout": ("a number in [0, 1)", lambda v: _real(v) and 0 <= v < 1),
-    "target": (
-        "None or a list of module names or patterns",
-        lambda v: (
-            v is None
-            or (
-                isinstance(v, (list, tuple))
-                and len(v) > 0
-                and all(isinstance(t, str) for t in v)
-            )
-        ),
-    ),
-}
