@@ -6,6 +6,13 @@ import os
 # scikit-learn runs its array-API dispatch check only when SciPy's array API
 # support is switched on, which must happen before SciPy is imported.
 os.environ.setdefault("SCIPY_ARRAY_API", "1")
+# Torch's OpenMP threads spin while they wait for work. Where the cores are
+# shared (another test run, a benchmark), a spinning thread holds the core its
+# partner needs, and a tiny fit ran 30-50 times slower than on idle cores.
+# Waiting passively changes no result (the same threads split the work the
+# same way); it must be set before torch is imported, and worker processes
+# and the notebook's kernel inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pytest
