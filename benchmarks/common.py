@@ -138,6 +138,7 @@ class BaselineModule(FrozenPrefixNet):
     def __init__(self, source=None, freeze=0, n_classes=2, example=None):
         from sktune.backbones import as_backbone
         from sktune.blocks import block_map, record_child_order
+        from sktune.families import family_of
 
         backbone = copy.deepcopy(as_backbone(source).module())
         order, remove = record_child_order(backbone)
@@ -147,7 +148,7 @@ class BaselineModule(FrozenPrefixNet):
                 backbone(**example) if isinstance(example, dict) else backbone(example)
             )
         remove()
-        blocks = block_map(backbone, order)
+        blocks = block_map(backbone, order, family_of(backbone).block_of(backbone))
         chosen = blocks if freeze == "all" else blocks[:freeze]
         frozen = {p for b in chosen for p in b.params}
         if freeze == "all":

@@ -33,7 +33,7 @@ STAGES = [
     ("check the data", base, "check_fit_data"),
     ("copy the backbone (to the device)", builder, "_training_copy"),
     ("probe one sample", builder, "probe"),
-    ("check channels-last on it", builder, "_plan_layout"),
+    ("check channels-last on it", builder, "plan_layout"),
     ("plan and verify the cut", builder, "_plan_cut"),
     ("fingerprint the weights", builder, "fingerprint"),
     (

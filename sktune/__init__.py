@@ -1,5 +1,6 @@
 """sktune: scikit-learn estimators that fine-tune pretrained neural networks."""
 
+from ._version import __version__ as __version__
 from .adapters import Adapter
 from .backbones import Backbone
 from .cache import clear_cache, set_cache_budget
@@ -22,4 +23,3 @@ __all__ = [
     "set_cache_budget",
     "share_backbones",
 ]
-__version__ = "0.1.0.dev0"

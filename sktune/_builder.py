@@ -10,6 +10,11 @@ channels-last check and the verification of the cache's cut run there. The
 probe sample is synthetic (:meth:`sktune.data.FittedInput.example`): no
 training sample is needed, so none is kept (invariant 7), and a fitted
 estimator rebuilds its network from its fitted attributes alone.
+
+The stages that look at the input (its checks against the backbone, the
+probe, the channels-last decision) live in :mod:`sktune._probe`. The model
+family is looked up once, here, and handed to what asks it (the block map,
+the adapters, the cut) and to the estimator (:attr:`Built.family`).
 """
 
 from __future__ import annotations
@@ -19,14 +24,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from skorch.utils import to_device
 from torch import nn
 
 from ._modules import eval_mode, has_lazy, same_output
+from ._probe import (
+    check_input_fits,
+    example_batch,
+    plan_layout,
+    probe,
+    resolve_max_length,
+)
 from .adapters import as_adapter
 from .adapters.inject import adapter_params, attach
 from .backbones import Backbone
-from .blocks import Block, block_map, record_child_order
+from .blocks import Block, block_map
 from .cache import (
     CacheKey,
     NoCache,
@@ -37,10 +48,9 @@ from .cache import (
     fingerprint,
 )
 from .cache.prefix import storage_dtype
-from .data.images import image_preprocess, use_channels_last
+from .data.images import image_preprocess
 from .data.inputs import FittedInput
-from .data.text import TextCollator
-from .families import family_of
+from .families import Family, family_of
 from .families.generic import plan_chain_cut
 from .freeze import (
     FreezePlan,
@@ -50,10 +60,10 @@ from .freeze import (
     plan_freeze,
     with_adapters,
 )
-from .heads import build_head, pool_features
+from .heads import build_head
 from .network import FineTuneNetwork
 
-__all__ = ["Built", "Stage", "build_network", "resolve_max_length"]
+__all__ = ["Built", "Stage", "build_network"]
 
 
 @dataclass
@@ -86,6 +96,9 @@ class Built:
         network's state as built).
     adapted : list of str
         The backbone modules that carry adapters.
+    family : Family
+        The model family that answers for the backbone (:func:`family_of`,
+        asked once, here).
     """
 
     network: FineTuneNetwork
@@ -95,6 +108,7 @@ class Built:
     stages: dict[int, Stage]
     depth: int
     adapted: list[str]
+    family: Family
 
 
 def build_network(
@@ -142,9 +156,12 @@ cache, cache_size, cache_dtype
         backbone that cannot run so).
     """
     backbone = _training_copy(source, device)
+    # Adapters replace layers inside the copy, never the module itself: the
+    # family found now answers for the adapted backbone too.
+    family = family_of(backbone)
     tokenizer = source.tokenizer()
     data_config = source.data_config()
-    _check_input_fits(fitted, tokenizer, data_config)
+    check_input_fits(fitted, tokenizer, data_config)
     preprocess = (
         image_preprocess(image_size, data_config) if fitted.kind == "image" else None
     )
@@ -154,13 +171,13 @@ cache, cache_size, cache_dtype
     pooling = pooling if pooling is not None else source.default_pooling()
     if hasattr(backbone, "pooling") and pooling is not None:
         backbone.pooling = pooling
-    example = _example_batch(fitted, tokenizer, max_length, device)
+    example = example_batch(fitted, tokenizer, max_length, device)
     features, order = probe(backbone, preprocess, example)
-    blocks = block_map(backbone, order)
-    blocks, adapted = attach_adapters(backbone, blocks, order, freeze, adapter)
+    blocks = block_map(backbone, order, family.block_of(backbone))
+    blocks, adapted = attach_adapters(backbone, blocks, order, freeze, adapter, family)
     plans = _plans(backbone, blocks, freeze, adapter is not None)
     depth = plans.pop("final")
-    layout = _plan_layout(channels_last, backbone, preprocess, example, features)
+    layout = plan_layout(channels_last, backbone, preprocess, example, features)
     if layout and preprocess is not None:
         # uint8 N x H x W x C permuted is channels-last already: no copy.
         preprocess.memory_format = torch.channels_last
@@ -184,7 +201,9 @@ cache, cache_size, cache_dtype
         cut, row = (
             (NoCache("cache=False"), None)
             if cache is False
-            else _plan_cut(network, plan, blocks, order, example, tokenizer, features)
+            else _plan_cut(
+                network, plan, blocks, order, example, tokenizer, features, family
+            )
         )
         key = (
             None
@@ -205,7 +224,7 @@ cache, cache_size, cache_dtype
         cache_of_stage.info = info  # one account over the stages of a fit
         stages[n_frozen] = Stage(plan, cache_of_stage)
     network.set_stage(plans[depth], stages[depth].prefix_cache.split)
-    return Built(network, blocks, tokenizer, max_length, stages, depth, adapted)
+    return Built(network, blocks, tokenizer, max_length, stages, depth, adapted, family)
 
 
 def _plans(backbone, blocks, freeze, adapters: bool) -> dict:
@@ -252,7 +271,9 @@ def _training_copy(source: Backbone, device) -> nn.Module:
     return backbone if device is None else backbone.to(device)
 
 
-def attach_adapters(backbone: nn.Module, blocks, order, freeze, adapter):
+def attach_adapters(
+    backbone: nn.Module, blocks, order, freeze, adapter, family: Family
+):
     """Put adapters into the parts of the copy that ``freeze`` leaves trainable.
 
     Returns the block map (made anew: the adapted layers' parameters have
@@ -263,177 +284,19 @@ def attach_adapters(backbone: nn.Module, blocks, order, freeze, adapter):
         return blocks, []
     plan = plan_freeze(backbone, blocks, freeze)
     trainable = {n for n, _ in backbone.named_parameters()} - plan.frozen_params
-    adapted = attach(
-        backbone, adapter, trainable, family_of(backbone), f"freeze={freeze!r}"
-    )
-    return block_map(backbone, order), adapted
+    adapted = attach(backbone, adapter, trainable, family, f"freeze={freeze!r}")
+    return block_map(backbone, order, family.block_of(backbone)), adapted
 
 
-def resolve_max_length(max_length, tokenizer) -> int:
-    """Text truncation: ``max_length``, else the tokenizer's limit up to 512."""
-    if max_length is not None:
-        return int(max_length)
-    model_max = getattr(tokenizer, "model_max_length", None) or 512
-    return min(int(model_max), 512)
-
-
-def _check_input_fits(fitted: FittedInput, tokenizer, data_config) -> None:
-    kind = fitted.kind
-    if kind in ("text", "pairs") and tokenizer is None:
-        raise ValueError(
-            "X holds strings, but the backbone has no tokenizer: use a Hugging Face "
-            "backbone ('hf:ID_OR_DIR' or a sktune.Backbone of one), or turn the "
-            "text into numbers first."
-        )
-    if kind in ("array", "image") and tokenizer is not None:
-        raise ValueError(
-            "The backbone is a text model, but X holds numbers or images: pass "
-            "strings (or string pairs), or a mapping of tokenized inputs "
-            "(input_ids=..., attention_mask=...)."
-        )
-    expected = (data_config or {}).get("input_size", (None,))[0]
-    if expected is None:
-        return
-    if kind == "image" or (kind == "array" and len(fitted.shape) == 3):
-        message = _channel_mismatch(
-            fitted.shape, fitted.dtype, kind == "image", expected, "the backbone"
-        )
-        if message is not None:
-            raise ValueError(message)
-
-
-def _channel_mismatch(
-    shape, dtype, channels_last: bool, takes: int, taker: str
-) -> str | None:
-    """Say so when images have other than ``takes`` channels, describing them
-    as given: one sample's ``shape`` and ``dtype``, uint8 ``N x H x W (x C)``
-    (``channels_last``) or float ``N x C x H x W``."""
-    if channels_last:
-        channels = shape[-1] if len(shape) == 3 else 1
-        layout = "N x H x W x C" if len(shape) == 3 else "N x H x W"
-    else:
-        channels, layout = shape[0], "N x C x H x W"
-    if channels == takes:
-        return None
-    hint = ""
-    if channels_last and channels == 1 and takes == 3:
-        gray = "X[..., None]" if len(shape) == 2 else "X"
-        hint = f" Repeat the gray channel, e.g. np.repeat({gray}, 3, axis=-1)."
-    elif channels_last and channels == 4 and takes == 3:
-        hint = " Drop the alpha channel with X[..., :3]."
-    elif channels_last and takes == 1:
-        hint = " Convert them to one channel, e.g. X.mean(axis=-1).astype(np.uint8)."
-    elif channels_last and channels > takes:
-        hint = (
-            f" Keep {takes} of them (e.g. X[..., :{takes}]) or combine them into "
-            f"{takes}, or use a backbone whose first layer takes {channels}."
-        )
-    elif not channels_last and shape[-1] == takes:
-        hint = " If X is N x H x W x C, transpose it: X.transpose(0, 3, 1, 2)."
-    sample = " x ".join(map(str, shape))
-    return (
-        f"X holds {channels}-channel {dtype} images ({layout}; one sample is "
-        f"{sample}), but {taker} expects {takes} channel{'s' * (takes != 1)}.{hint}"
-    )
-
-
-def _example_batch(fitted: FittedInput, tokenizer, max_length, device):
-    """A batch of one synthetic sample, as the data loader would make it."""
-    example = fitted.example()
-    if fitted.kind in ("text", "pairs"):
-        batch = TextCollator(tokenizer, max_length).encode(example)
-    elif isinstance(example, Mapping):
-        batch = dict(example)
-    else:
-        batch = torch.as_tensor(example)
-    return to_device(batch, device) if device is not None else batch
-
-
-def probe(backbone: nn.Module, preprocess, batch):
-    """Run one batch through ``backbone`` in eval mode.
-
-    Returns the pooled features (their width sizes the head) and the order
-    in which the top-level children ran (for the block map). Lazy modules
-    are materialized here, before the optimizer sees their parameters.
-    """
-    order, remove = record_child_order(backbone)
-    shape = (
-        {k: tuple(v.shape) for k, v in batch.items()}
-        if isinstance(batch, Mapping)
-        else tuple(batch.shape)
-    )
-    try:
-        with torch.no_grad(), eval_mode(backbone):
-            if isinstance(batch, Mapping):
-                out = backbone(**batch)
-            else:
-                out = backbone(preprocess(batch) if preprocess is not None else batch)
-            features = pool_features(out)
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        images = preprocess is not None and batch.dtype == torch.uint8
-        raise ValueError(
-            _first_layer_mismatch(backbone, shape, images=images)
-            or f"The backbone could not process an input of shape {shape} (one "
-            f"sample of X): {type(exc).__name__}: {exc}"
-        ) from exc
-    finally:
-        remove()
-    return features, order
-
-
-def _first_layer_mismatch(
-    backbone: nn.Module, shape, *, images: bool = False
-) -> str | None:
-    """Say so when X's width (features, or channels of images) is not what
-    the backbone's first layer takes (``images``: uint8 ``N x H x W (x C)``,
-    else float ``N x C x H x W``)."""
-    if not isinstance(shape, tuple) or len(shape) not in ((3, 4) if images else (2, 4)):
-        return None
-    kinds = (nn.Linear,) if len(shape) == 2 else (nn.Conv2d,)
-    first = next(
-        ((n, m) for n, m in backbone.named_modules() if isinstance(m, kinds)), None
-    )
-    if first is None:
-        return None
-    name, layer = first
-    if len(shape) > 2:
-        return _channel_mismatch(
-            shape[1:],
-            "uint8" if images else "float32",
-            images,
-            layer.in_channels,
-            f"the backbone's first layer ({name}: {layer})",
-        )
-    if layer.in_features == shape[1]:
-        return None
-    return (
-        f"X has {shape[1]} features, but the backbone's first layer ({name}: "
-        f"{layer}) takes {layer.in_features}: pass X with {layer.in_features} "
-        "features, or a backbone built for this data."
-    )
-
-
-def _plan_layout(setting, backbone, preprocess, example, features) -> bool:
-    """Whether the backbone runs channels-last (see ``channels_last``)."""
-    if setting is False:
-        return False
-    if isinstance(example, Mapping):
-        reason = "the input is text"
-    else:
-        x = preprocess(example) if preprocess is not None else example
-        reason = use_channels_last(backbone, x, features)
-    if reason is not None and setting is True:
-        raise ValueError(f"channels_last=True, but {reason}.")
-    return reason is None
-
-
-def _plan_cut(network, plan: FreezePlan, blocks, order, example, tokenizer, features):
+def _plan_cut(
+    network, plan: FreezePlan, blocks, order, example, tokenizer, features, family
+):
     """The verified cut (or why none) and one row of its prefix output."""
     backbone = network.backbone
-    static = StaticParts(backbone, plan)
+    static = StaticParts(backbone, plan.eval_modules)
     if static.everything():
         return WholeSplit(), features[0]
-    cut = family_of(backbone).plan_cut(backbone, static, blocks, order)
+    cut = family.plan_cut(backbone, static, blocks, order)
     if cut is None:
         cut = (
             NoCache(

@@ -11,6 +11,8 @@ import pickle
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from .backbones import shared
+
 __all__ = ["SharePlugin", "register", "unregister", "worker_threads"]
 
 
@@ -35,11 +37,9 @@ class SharePlugin(WorkerPlugin):
         self.threads_by_host = threads_by_host
 
     def setup(self, worker):
-        from . import cluster
-
         for fp, payload in self.payloads.items():
             # Written by share_backbones in the client process.
-            cluster.registered(fp, pickle.loads(payload))
+            shared.registered(fp, pickle.loads(payload))
         if self.threads is not None:
             import torch
 
@@ -51,10 +51,8 @@ class SharePlugin(WorkerPlugin):
             torch.set_num_threads(int(n))
 
     def teardown(self, worker):
-        from . import cluster
-
         for fp in self.payloads:
-            cluster.unregistered(fp)
+            shared.unregistered(fp)
 
 
 def register(client, payloads: dict, *, threads) -> str:

@@ -3,7 +3,9 @@
 ``freeze=k`` means "the first k blocks of the block map", so the map decides
 what a freeze depth means for every backbone. A known model family
 (:mod:`sktune.families`: timm, torchvision, vision transformers, Hugging Face
-encoders) assigns each parameter and buffer to a block; in every family the
+encoders) assigns each parameter and buffer to a block (its
+:meth:`~sktune.families.Family.block_of`, which the caller passes in: this
+module knows no family); in every family the
 final classification layer belongs to no block, so it trains unless
 ``freeze="all"``. Submodules without parameters or buffers (activations,
 pooling, dropout) join the block of the module registered before them.
@@ -21,14 +23,15 @@ directly on the root module (e.g. a class token) join the first block.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from torch import nn
 
-from .families import BlockOf, family_of
+__all__ = ["Block", "BlockOf", "block_map", "describe_blocks", "record_child_order"]
 
-__all__ = ["Block", "block_map", "describe_blocks", "record_child_order"]
+# Parameter or buffer name -> block index, or None for "in no block".
+BlockOf = Callable[[str], "int | None"]
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,11 @@ def record_child_order(module: nn.Module) -> tuple[list[str], callable]:
     return order, remove
 
 
-def block_map(module: nn.Module, child_order: list[str] | None = None) -> list[Block]:
+def block_map(
+    module: nn.Module,
+    child_order: list[str] | None = None,
+    block_of: BlockOf | None = None,
+) -> list[Block]:
     """Return the ordered blocks of ``module``, input side first.
 
     Parameters
@@ -82,9 +89,14 @@ def block_map(module: nn.Module, child_order: list[str] | None = None) -> list[B
         The backbone.
     child_order : list of str, optional
         Top-level child names in the order a forward pass ran them (see
-        :func:`record_child_order`). Ignored for the known families (timm,
-        torchvision, Hugging Face encoders); required for other modules that
-        are not an ``nn.Sequential`` and have children.
+        :func:`record_child_order`). Ignored when ``block_of`` assigns the
+        blocks; required for other modules that are not an ``nn.Sequential``
+        and have children.
+    block_of : callable, optional
+        The module's family's assignment of parameter and buffer names to
+        blocks (``family_of(module).block_of(module)``, see
+        :mod:`sktune.families`). None, or an assignment that puts nothing in
+        a block: the generic rule.
 
     Returns
     -------
@@ -99,7 +111,6 @@ def block_map(module: nn.Module, child_order: list[str] | None = None) -> list[B
         (a child runs twice, interleaved with others), so "the first k blocks"
         has no meaning for this module.
     """
-    block_of = family_of(module).block_of(module)
     if block_of is not None:
         blocks = _blocks_from(module, block_of)
         if blocks:

@@ -6,6 +6,7 @@ from torch import nn
 
 from sktune import Backbone, FineTuneClassifier
 from sktune.blocks import block_map, record_child_order
+from sktune.families import family_of
 from sktune.freeze import apply_freeze, plan_freeze
 
 
@@ -275,9 +276,14 @@ def tiny_torchvision_vit():
     return vit
 
 
+def family_blocks(module: nn.Module, order=None) -> list:
+    """The block map as the builder makes it: the family's assignment, if any."""
+    return block_map(module, order, family_of(module).block_of(module))
+
+
 def frozen_after(module: nn.Module, freeze) -> tuple[set, set]:
     """Apply ``freeze`` through the block map; return (frozen, trainable) names."""
-    plan = plan_freeze(module, block_map(module), freeze)
+    plan = plan_freeze(module, family_blocks(module), freeze)
     apply_freeze(module, plan)
     frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
     trainable = {n for n, p in module.named_parameters() if p.requires_grad}
@@ -294,7 +300,7 @@ def names_under(module: nn.Module, *prefixes: str) -> set:
 
 def check_partition(module: nn.Module, excluded: tuple[str, ...] = ()) -> list:
     """Every parameter is in exactly one block, except the classifier's."""
-    blocks = block_map(module)
+    blocks = family_blocks(module)
     names = [p for b in blocks for p in b.params]
     assert len(names) == len(set(names))
     assert set(names) == set(dict(module.named_parameters())) - names_under(

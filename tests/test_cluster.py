@@ -16,7 +16,7 @@ from sklearn.model_selection import GridSearchCV, cross_validate
 from skorch.callbacks import Callback
 
 from sktune import Backbone, FineTuneClassifier, share_backbones
-from sktune.cluster import _REGISTRY
+from sktune.backbones.shared import _REGISTRY
 
 
 def big_mlp():
@@ -132,7 +132,7 @@ def test_parallel_search_matches_the_serial_one(blobs):
 def _worker_state():
     import torch
 
-    from sktune.cluster import _REGISTRY
+    from sktune.backbones.shared import _REGISTRY
 
     return sorted(_REGISTRY), torch.get_num_threads()
 

@@ -13,19 +13,23 @@ from __future__ import annotations
 
 import copy
 import os
-import threading
-from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from torch import nn
 
-from ..families import Loaded, family_for_prefix, family_of, spec_prefixes
+from ..families import (
+    Loaded,
+    family_for_prefix,
+    family_of,
+    hf_loading,
+    spec_prefixes,
+)
+from ..families.hf import HFEncoder
 from .weights import WEIGHT_SUFFIXES, as_state_dict, load_weights, torch_load
 
 __all__ = [
     "WeightsUnavailableError",
-    "cached_spec",
     "load_tokenizer",
     "parse_spec",
     "resolve",
@@ -41,10 +45,19 @@ class WeightsUnavailableError(OSError):
     """
 
 
-def resolve(source, weights, pretrained: bool, kwargs: dict) -> Loaded:
-    """Build the pristine module of a :class:`sktune.Backbone`'s parameters."""
-    from . import Backbone
+def resolve(
+    source,
+    weights,
+    pretrained: bool,
+    kwargs: dict,
+    *,
+    inner: Callable[[], Loaded] | None = None,
+) -> Loaded:
+    """Build the pristine module of a :class:`sktune.Backbone`'s parameters.
 
+    ``inner``: when ``source`` is itself a Backbone, what it has loaded (asked
+    only once the parameters are checked).
+    """
     if not isinstance(pretrained, bool):
         raise TypeError(
             f"Backbone.pretrained must be True or False, got {pretrained!r}."
@@ -56,14 +69,14 @@ def resolve(source, weights, pretrained: bool, kwargs: dict) -> Loaded:
             f"Backbone keyword arguments {sorted(kwargs)} apply to string specs "
             f"only; got them with {type(source).__name__} source {source!r}."
         )
-    if isinstance(source, Backbone):
-        inner = source._loaded()
+    if inner is not None:
+        built = inner()
         if weights is None:
-            return inner
-        module = copy.deepcopy(inner.module)
-        _load_into(module, weights, inner.removed)
+            return built
+        module = copy.deepcopy(built.module)
+        _load_into(module, weights, built.removed)
         return Loaded(
-            module, inner.data_config, inner.text_source, inner.pooling, inner.removed
+            module, built.data_config, built.text_source, built.pooling, built.removed
         )
     module = _build(source)
     family = family_of(module)
@@ -95,8 +108,6 @@ def _build(source) -> nn.Module:
 
 def _load_into(module: nn.Module, weights, removed) -> None:
     """Load ``weights`` into ``module`` (the model inside a text wrapper)."""
-    from ..families.hf import HFEncoder
-
     target = module.model if isinstance(module, HFEncoder) else module
     load_weights(target, weights, ignore=tuple(removed))
 
@@ -117,7 +128,7 @@ def _resolve_spec(spec: str, weights, pretrained: bool, kwargs: dict) -> Loaded:
         )
     family = family_for_prefix(kind)
     try:
-        loaded = family.load(name, pretrained, kwargs)
+        loaded = family.load(name, pretrained, kwargs, family_of)
     except Exception as exc:
         if family.fetches(name, pretrained) and _is_fetch_error(exc):
             what = "pretrained weights" if pretrained else "config"
@@ -181,12 +192,10 @@ def _checkpoint_arch(path: str) -> tuple[str, dict]:
 
 def load_tokenizer(source: str, kwargs: dict):
     """The tokenizer of a Hugging Face model, with errors that say what to do."""
-    from ..families import hf
-
     try:
-        return hf.load_tokenizer(source, **kwargs)
+        return hf_loading.load_tokenizer(source, **kwargs)
     except Exception as exc:
-        if not hf.is_local(source) and _is_fetch_error(exc):
+        if not hf_loading.is_local(source) and _is_fetch_error(exc):
             raise _unavailable(f"hf:{source}", exc, "tokenizer") from exc
         raise OSError(
             f"Could not load the tokenizer of {source!r}: {type(exc).__name__}: "
@@ -222,49 +231,3 @@ def _is_fetch_error(exc: BaseException) -> bool:
         "requests",
         "urllib3",
     )
-
-
-# -- the spec cache ------------------------------------------------------------------
-
-# How many string specs keep their pristine module between fits.
-_SPEC_CACHE_SIZE = 2
-_spec_cache: OrderedDict = OrderedDict()
-_spec_lock = threading.Lock()
-
-
-def _file_key(path) -> tuple:
-    """A local file's path with its change stamp (a rewritten file is new)."""
-    key = os.fspath(path)
-    found = Path(key).expanduser()
-    if found.exists():
-        stat = found.stat()
-        return (key, stat.st_mtime_ns, stat.st_size)
-    return (key,)
-
-
-def cached_spec(spec, weights=None, pretrained=True, kwargs=None):
-    """The shared :class:`sktune.Backbone` of a string spec or path.
-
-    The last few specs keep their pristine module in memory between fits, so
-    cross-validation folds and grid-search candidates load the weights once;
-    a local file rewritten since is a new backbone. Unpickled copies of a
-    ``Backbone(spec, weights=...)`` share the one of their key too, so a
-    worker process loads a spec once for all the tasks it runs.
-    """
-    from . import Backbone
-
-    kwargs = kwargs or {}
-    key = (
-        _file_key(spec),
-        None if weights is None else _file_key(weights),
-        pretrained,
-        repr(sorted(kwargs.items())),
-    )
-    with _spec_lock:
-        backbone = _spec_cache.pop(key, None) or Backbone(
-            os.fspath(spec), weights=weights, pretrained=pretrained, **kwargs
-        )
-        _spec_cache[key] = backbone
-        while len(_spec_cache) > _SPEC_CACHE_SIZE:
-            _spec_cache.popitem(last=False)
-        return backbone

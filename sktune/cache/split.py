@@ -24,14 +24,12 @@ the backbone's own output.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
-
-if TYPE_CHECKING:
-    from ..freeze import FreezePlan
 
 __all__ = ["NoCache", "Split", "StaticParts", "WholeSplit"]
 
@@ -105,11 +103,19 @@ class StaticParts:
     A part is static when all its parameters are frozen and all its modules
     stay in eval mode (dropout off, BatchNorm statistics untouched), so its
     output for a sample is the same in every epoch.
+
+    Parameters
+    ----------
+    backbone : nn.Module
+        The training copy, its parameters' ``requires_grad`` set as planned.
+    eval_modules : iterable of str
+        The names of the modules that run in eval mode during the fit (a
+        freeze plan's ``eval_modules``).
     """
 
-    def __init__(self, backbone: nn.Module, plan: FreezePlan):
+    def __init__(self, backbone: nn.Module, eval_modules: Iterable[str]):
         self.backbone = backbone
-        self.eval_modules = frozenset(plan.eval_modules)
+        self.eval_modules = frozenset(eval_modules)
 
     def everything(self) -> bool:
         """Whether the whole backbone is static."""

@@ -9,13 +9,12 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..blocks import BlockOf
+
 __all__ = ["CNN_LR", "BlockOf", "Family", "Loaded", "did_you_mean", "loaded"]
 
 #: ``backbone_lr="auto"`` of convolutional networks (timm, torchvision, others).
 CNN_LR = 1e-4
-
-# Parameter or buffer name -> block index, or None for "in no block".
-BlockOf = Callable[[str], "int | None"]
 
 
 @dataclass
@@ -78,8 +77,20 @@ class Family:
         )
         return CNN_LR if convolutional else None
 
-    def load(self, name: str, pretrained: bool, kwargs: dict) -> Loaded:
-        """Build the model ``name`` (pretrained weights fetched if asked)."""
+    def load(
+        self,
+        name: str,
+        pretrained: bool,
+        kwargs: dict,
+        family_of: Callable[[nn.Module], Family],
+    ) -> Loaded:
+        """Build the model ``name`` (pretrained weights fetched if asked).
+
+        ``family_of`` is the registry's lookup (:func:`sktune.families.family_of`),
+        for a built model that a more specific family knows better (a timm or
+        torchvision vision transformer): a family module never imports the
+        registry that lists it.
+        """
         raise NotImplementedError
 
     def fetches(self, name: str, pretrained: bool) -> bool:

@@ -31,7 +31,7 @@ class TimmFamily(Family):
             getattr(module, "group_matcher", None)
         )
 
-    def load(self, name, pretrained, kwargs):
+    def load(self, name, pretrained, kwargs, family_of):
         import timm
 
         if not timm.is_model(name):
@@ -39,8 +39,6 @@ class TimmFamily(Family):
                 f"Backbone spec 'timm:{name}': timm has no model {name!r}."
                 + did_you_mean(name, timm.list_models())
             )
-        from . import family_of
-
         # num_classes=0: pooled features, no classifier.
         module = timm.create_model(
             name, pretrained=pretrained, **{"num_classes": 0, **kwargs}

@@ -39,10 +39,8 @@ class TorchvisionFamily(Family):
     def matches(self, module):
         return type(module).__module__.startswith("torchvision.")
 
-    def load(self, name, pretrained, kwargs):
+    def load(self, name, pretrained, kwargs, family_of):
         import torchvision.models as tvm
-
-        from . import family_of
 
         if name not in tvm.list_models():
             raise ValueError(

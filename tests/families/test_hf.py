@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers import (
     check_partition,
+    family_blocks,
     frozen_after,
     names_under,
     same_state,
@@ -24,7 +25,6 @@ from helpers import (
 from torch import nn
 
 from sktune import Backbone, FineTuneClassifier
-from sktune.blocks import block_map
 from sktune.cache import STORE
 from sktune.families.hf import TokenSplit
 
@@ -198,7 +198,7 @@ def test_minilm_package_mean_pooling():
     assert bb.default_pooling() == "mean"
 
     module = bb.module().eval()
-    assert len(block_map(module)) == 7  # embeddings + 6 layers
+    assert len(family_blocks(module)) == 7  # embeddings + 6 layers
     texts = ["A man is eating food.", "A man eats a meal.", "The stock market fell."]
     batch = bb.tokenizer()(texts, padding=True, return_tensors="pt")
     with torch.no_grad():

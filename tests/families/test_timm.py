@@ -3,12 +3,12 @@
 import pytest
 from helpers import (
     check_partition,
+    family_blocks,
     frozen_after,
     names_under,
 )
 from torch import nn
 
-from sktune.blocks import block_map
 from sktune.freeze import apply_freeze, plan_freeze
 from sktune.network import FineTuneNetwork
 
@@ -35,7 +35,7 @@ def test_timm_resnet_blocks_follow_group_matcher(timm_resnet):
 
 
 def test_timm_frozen_batchnorm_runs_in_eval(timm_resnet):
-    plan = plan_freeze(timm_resnet, block_map(timm_resnet), 2)
+    plan = plan_freeze(timm_resnet, family_blocks(timm_resnet), 2)
     apply_freeze(timm_resnet, plan)
     FineTuneNetwork(timm_resnet, nn.Identity(), plan).train()
     assert not timm_resnet.bn1.training

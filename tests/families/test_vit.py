@@ -114,7 +114,7 @@ def test_vision_transformer_cut_needs_every_embedding_parameter_frozen():
     def split_with(trainable: str):
         for name, param in deit.named_parameters():
             param.requires_grad_(name not in frozen or name == trainable)
-        return plan_vit_cut(deit, StaticParts(deit, plan))
+        return plan_vit_cut(deit, StaticParts(deit, plan.eval_modules))
 
     assert split_with("dist_token") == NoCache("no frozen block at the input side")
     assert split_with("blocks.0.mlp.fc2.bias") == ViTSplit("timm", n_layers=0)
