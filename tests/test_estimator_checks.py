@@ -16,13 +16,15 @@ def lazy_backbone() -> nn.Sequential:
     return nn.Sequential(nn.LazyLinear(32), nn.ReLU(), nn.LazyLinear(32), nn.ReLU())
 
 
+# Five epochs at lr=0.05 pass the checks that train (accuracy above 0.83 on
+# blobs; measured 0.91-0.92) in a third of the time twenty at 0.01 take.
 ESTIMATORS = [
     # A module instance, never mutated by fit...
-    FineTuneClassifier(lazy_backbone(), lr=0.01, max_epochs=20, random_state=0),
-    FineTuneRegressor(lazy_backbone(), lr=0.01, max_epochs=20, random_state=0),
+    FineTuneClassifier(lazy_backbone(), lr=0.05, max_epochs=5, random_state=0),
+    FineTuneRegressor(lazy_backbone(), lr=0.05, max_epochs=5, random_state=0),
     # ... and a factory, with part of the backbone frozen.
-    FineTuneClassifier(lazy_backbone, freeze=1, lr=0.01, max_epochs=20, random_state=0),
-    FineTuneRegressor(lazy_backbone, freeze=1, lr=0.01, max_epochs=20, random_state=0),
+    FineTuneClassifier(lazy_backbone, freeze=1, lr=0.05, max_epochs=5, random_state=0),
+    FineTuneRegressor(lazy_backbone, freeze=1, lr=0.05, max_epochs=5, random_state=0),
 ]
 
 

@@ -542,12 +542,15 @@ DETERMINISM_SCRIPT = textwrap.dedent(
 
 def test_same_seed_gives_bit_identical_predictions_across_processes():
     script = DETERMINISM_SCRIPT.format(tests=os.path.dirname(__file__))
-    outputs = [
-        subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, text=True, check=True
-        ).stdout
+    # Two fresh processes at once (their start-up, importing torch, dominates).
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True
+        )
         for _ in range(2)
     ]
+    outputs = [p.communicate()[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0]
     rng_ = np.random.RandomState(0)
     X, y = rng_.normal(size=(80, 8)), np.arange(80) % 3
     here = FineTuneClassifier(mlp_backbone(), max_epochs=3, random_state=7).fit(X, y)

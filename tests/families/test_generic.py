@@ -68,18 +68,17 @@ def test_half_precision_storage_of_a_cnn_cut(images):
 )
 def test_real_architectures_are_cut_exactly(spec, first_unit, vit):
     # Random weights (nothing is downloaded): the cut and its exactness only
-    # depend on the architecture.
+    # depend on the architecture. The vision transformer is built for 32x32
+    # input (4 patches), like the CNNs.
+    backbone = Backbone(spec, pretrained=False, **({"img_size": 32} if vit else {}))
     rng = np.random.RandomState(0)
-    size = 224 if "deit" in spec else 32
-    X = rng.randint(0, 256, size=(12, size, size, 3), dtype=np.uint8)
+    X = rng.randint(0, 256, size=(12, 32, 32, 3), dtype=np.uint8)
     y = np.arange(12) % 2
     kwargs = dict(freeze=2, max_epochs=2, batch_size=4, lr=1e-3, random_state=0)
-    on = FineTuneClassifier(Backbone(spec, pretrained=False), **kwargs).fit(X, y)
+    on = FineTuneClassifier(backbone, **kwargs).fit(X, y)
     assert on.cache_info_["enabled"], on.cache_info_["reason"]
     split = on.module_.split
     assert getattr(split, "kind", None) == vit
     assert (split.units[0] if hasattr(split, "units") else None) == first_unit
-    off = FineTuneClassifier(
-        Backbone(spec, pretrained=False), cache=False, **kwargs
-    ).fit(X, y)
+    off = FineTuneClassifier(backbone, cache=False, **kwargs).fit(X, y)
     np.testing.assert_allclose(on.predict_proba(X), off.predict_proba(X), atol=1e-5)
