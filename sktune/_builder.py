@@ -244,13 +244,7 @@ def _plans(backbone, blocks, freeze, adapters: bool) -> dict:
     final = plan_of(freeze)
     depth = final.n_frozen_blocks
     plans = {}
-    if policy.schedules():
-        if depth is None:
-            raise ValueError(
-                "freeze__probe_epochs and freeze__unfreeze_every count blocks, but "
-                f"freeze__depth={policy.depth!r} is a list of parameter patterns; "
-                "give a depth (an int, a float or 'all')."
-            )
+    if policy.schedules():  # (with a depth: Freeze refuses patterns with one)
         visited = {n_blocks} if policy.probe_epochs else set()
         if policy.unfreeze_every is not None:
             visited |= set(range(depth + 1, n_blocks))

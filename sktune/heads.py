@@ -86,6 +86,10 @@ def pool_tokens(
     (all of them without a mask)."""
     if pooling == "cls":
         return hidden[:, 0]
+    if pooling not in ("mean", "max"):  # no silent fallback to a default
+        raise ValueError(
+            f"pooling={pooling!r} is not valid; use one of {list(POOLINGS)}."
+        )
     if attention_mask is None:
         return hidden.amax(dim=1) if pooling == "max" else hidden.mean(dim=1)
     mask = attention_mask.to(hidden.dtype).unsqueeze(-1)

@@ -32,7 +32,7 @@ from torch import nn
 
 from .._modules import module_name
 from ..cache.split import NoCache, Split
-from ..heads import POOLINGS
+from ..heads import pool_tokens
 from ._base import Family, Loaded, loaded
 from .hf_loading import default_pooling, is_local, load_model, load_tokenizer
 from .torchvision import regex_block_of
@@ -45,7 +45,6 @@ __all__ = [
     "is_local",
     "load_model",
     "load_tokenizer",
-    "pool_tokens",
 ]
 
 # Where encoders keep their list of transformer layers.
@@ -373,23 +372,6 @@ class _PassEmbeddings(nn.Module):
             # DistilBERT calls embeddings(input_ids, inputs_embeds).
             inputs_embeds = args[1]
         return inputs_embeds
-
-
-def pool_tokens(
-    hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str
-) -> torch.Tensor:
-    """Pool token states ``(N, T, D)`` into ``(N, D)`` over the kept tokens."""
-    if pooling not in POOLINGS:
-        raise ValueError(
-            f"pooling={pooling!r} is not valid; use one of {list(POOLINGS)}."
-        )
-    if pooling == "cls":
-        return hidden[:, 0]
-    mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
-    if pooling == "max":
-        floor = torch.finfo(hidden.dtype).min
-        return hidden.masked_fill(mask == 0, floor).amax(dim=1)
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
 def _accepts(model: nn.Module, argument: str) -> bool:
