@@ -62,6 +62,7 @@ from .freeze import (
 )
 from .heads import build_head
 from .network import FineTuneNetwork
+from .schedules import schedule_depths
 
 __all__ = ["Built", "Stage", "build_network"]
 
@@ -245,10 +246,13 @@ def _plans(backbone, blocks, freeze, adapters: bool) -> dict:
     depth = final.n_frozen_blocks
     plans = {}
     if policy.schedules():  # (with a depth: Freeze refuses patterns with one)
-        visited = {n_blocks} if policy.probe_epochs else set()
-        if policy.unfreeze_every is not None:
-            visited |= set(range(depth + 1, n_blocks))
-        for n_frozen in sorted(visited - {depth}, reverse=True):
+        visited = schedule_depths(
+            n_blocks=n_blocks,
+            depth=depth,
+            probe_epochs=policy.probe_epochs,
+            unfreeze_every=policy.unfreeze_every,
+        )
+        for n_frozen in sorted(visited, reverse=True):
             plans[n_frozen] = plan_of(at_depth(freeze, n_frozen, n_blocks))
     key = n_blocks if depth is None else depth
     plans[key] = final

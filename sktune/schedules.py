@@ -41,6 +41,7 @@ __all__ = [
     "phases",
     "rates_in_effect",
     "resolve_backbone_lr",
+    "schedule_depths",
 ]
 
 
@@ -69,6 +70,17 @@ def frozen_at(
         return depth
     unfrozen = (epoch - probe_epochs - 1) // unfreeze_every + 1
     return max(depth, n_blocks - unfrozen)
+
+
+def schedule_depths(
+    *, n_blocks: int, depth: int, probe_epochs: int = 0, unfreeze_every=None
+) -> set[int]:
+    """Every number of frozen blocks :func:`frozen_at` passes through before
+    ``depth`` (the schedule's stages, ``depth`` itself excluded)."""
+    visited = {n_blocks} if probe_epochs else set()
+    if unfreeze_every is not None:
+        visited |= set(range(depth + 1, n_blocks))
+    return visited - {depth}
 
 
 def check_schedule(

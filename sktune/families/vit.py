@@ -165,7 +165,9 @@ def plan_vit_cut(backbone: nn.Module, static) -> Split | NoCache:
         def in_prefix(name: str) -> bool:
             return not any(name == m or name.startswith(f"{m}.") for m in suffix)
 
-        def container(name: str) -> bool:  # holds suffix modules; never called
+        def container(name: str) -> bool:
+            # A module that holds suffix modules (the root, the layer list)
+            # runs partly after the cut: its own mode does not matter.
             return not name or any(m.startswith(f"{name}.") for m in suffix)
 
         return not any(
