@@ -187,7 +187,9 @@ class FitStages:
             )
 
         return net.prefix_cache_.outputs(
-            X, lambda X_: inference_batches(net, X_, network.prefix), progress=progress
+            X,
+            lambda X_, indices: inference_batches(net, X_, network.prefix, indices),
+            progress=progress,
         )
 
     def embed(self, net, X):
@@ -204,18 +206,22 @@ class FitStages:
         return torch.cat([out.cpu().float() for out, _ in batches]).numpy()
 
 
-def inference_batches(net, X, fn):
+def inference_batches(net, X, fn, indices=None):
     """``fn`` over the inference batches of ``X``: (outputs, inputs) each.
 
     In eval mode and without gradients; tensor batches are padded to the
-    inference batch size, so no output depends on its batch.
+    inference batch size, so no output depends on its batch. ``indices``:
+    only those samples, in that order, drawn batch by batch (no copy of X).
     """
     network = net._network
     size = net.get_params_for("iterator_valid").get("batch_size", net.batch_size)
     # Every sample, in every process: the cache must hold all rows (an
     # accelerator would shard a prepared loader).
     with eval_mode(network):
-        for batch in net._loader(net.get_dataset(X), training=False):
+        dataset = net.get_dataset(X)
+        if indices is not None and list(indices) != list(range(len(dataset))):
+            dataset = Subset(dataset, indices)
+        for batch in net._loader(dataset, training=False):
             xb = to_device(unpack_data(batch)[0], net._compute_device)
             with torch.no_grad():
                 if isinstance(xb, Mapping):

@@ -236,8 +236,9 @@ class PrefixCache:
         ----------
         X : array, texts (:func:`~sktune.data.text.as_texts`) or mapping of arrays
         run : callable
-            ``run(subset)`` yields ``(prefix outputs, inputs)`` per inference
-            batch of a subset of ``X`` (the network's prefix, no gradients).
+            ``run(X, indices)`` yields ``(prefix outputs, inputs)`` per
+            inference batch of the samples ``indices`` of ``X``, in that
+            order (the network's prefix, no gradients).
         progress : callable, optional
             Wraps the iterable of batches of the prefix pass (a progress bar).
 
@@ -249,26 +250,45 @@ class PrefixCache:
         digests = sample_digests(X)
         rows = self.store.lookup(self.key, digests)
         missing = [i for i, row in enumerate(rows) if row is None]
-        if missing:
-            if is_texts(X):
-                # Length buckets: sorted by length, a batch pads to texts of
-                # about its own length instead of the longest of a random mix.
-                missing.sort(key=lambda i: len(str(X[i])))
-            batches = run(_take(X, missing))
-            computed = []
-            for outputs, inputs in progress(batches) if progress else batches:
-                computed.extend(
-                    row.to("cpu", self.stored_dtype)
-                    if row.is_floating_point()
-                    else row.cpu()
-                    for row in split.rows(outputs, inputs)
-                )
+        self.info["computed"] += len(missing)
+        self.info["reused"] += len(rows) - len(missing)
+        if not missing:
+            return split.stack(rows)
+        if is_texts(X):
+            # Length buckets: sorted by length, a batch pads to texts of
+            # about its own length instead of the longest of a random mix.
+            missing.sort(key=lambda i: len(str(X[i])))
+        # The runner draws the missing samples by index, batch by batch: X
+        # is never copied to be read.
+        batches = run(X, missing)
+        batches = progress(batches) if progress else batches
+        if split.ragged or len(missing) < len(rows):
+            computed = [
+                row for out, inputs in batches for row in self._rows(out, inputs)
+            ]
             self.store.insert(self.key, [digests[i] for i in missing], computed)
             for i, row in zip(missing, computed, strict=True):
                 rows[i] = row
-        self.info["computed"] += len(missing)
-        self.info["reused"] += len(rows) - len(missing)
-        return split.stack(rows)
+            return split.stack(rows)
+        # Nothing cached yet: each batch is written into the one tensor the
+        # fit reads, and the store keeps views of its rows (no second copy).
+        held, done = None, 0
+        for out, inputs in batches:
+            batch = torch.stack(self._rows(out, inputs))
+            if held is None:
+                held = batch.new_empty((len(rows), *batch.shape[1:]))
+            index = torch.as_tensor(missing[done : done + len(batch)])
+            held[index] = batch
+            done += len(batch)
+        self.store.insert(self.key, digests, list(held))
+        return held
+
+    def _rows(self, outputs, inputs) -> list[torch.Tensor]:
+        """One stored row per sample of a batch, on the CPU, at storage precision."""
+        return [
+            row.to("cpu", self.stored_dtype) if row.is_floating_point() else row.cpu()
+            for row in self.split.rows(outputs, inputs)
+        ]
 
     def dataset(self, rows, y=None, lengths: Callable[[], list[int]] | None = None):
         """A dataset of cached rows (and targets) for skorch's loops."""

@@ -1,5 +1,7 @@
 """The frozen-prefix cache of an estimator: exactness, reuse, when it is off."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
 import torch
@@ -19,6 +21,7 @@ from torch import nn
 
 from sktune import Backbone, FineTuneClassifier, Freeze
 from sktune.cache import STORE
+from sktune.cache.prefix import PrefixCache
 
 
 @pytest.mark.parametrize("freeze", ["all", 1, 2, Freeze(depth=-1)])
@@ -255,3 +258,31 @@ def test_cache_size_counts_the_storage_precision(blobs):
     assert not make(freeze="all", cache_size=budget).fit(X, y).cache_info_["enabled"]
     half = make(freeze="all", cache_size=budget, cache_dtype="float16").fit(X, y)
     assert half.cache_info_["enabled"]
+
+
+@pytest.mark.parametrize("freeze", ["all", 1])
+def test_the_prefix_pass_never_copies_x(monkeypatch, freeze):
+    # The prefix runs over the samples not yet cached, drawn batch by batch:
+    # X itself is never copied to be read (X[all indices] would double it),
+    # and the outputs are written once into the tensor the fit reads.
+    X = np.random.default_rng(0).integers(0, 255, (1000, 64, 64, 1), dtype=np.uint8)
+    y = np.arange(len(X)) % 2
+    peaks = []
+    outputs = PrefixCache.outputs
+
+    def traced(self, *args, **kwargs):
+        tracemalloc.reset_peak()
+        start = tracemalloc.get_traced_memory()[0]
+        rows = outputs(self, *args, **kwargs)
+        peaks.append(tracemalloc.get_traced_memory()[1] - start)
+        return rows
+
+    monkeypatch.setattr(PrefixCache, "outputs", traced)
+    clf = make(tiny_cnn(), freeze=freeze, max_epochs=1, verbose=0)
+    tracemalloc.start()
+    try:
+        clf.fit(X, y)
+    finally:
+        tracemalloc.stop()
+    assert clf.cache_info_["computed"] == len(X)
+    assert peaks and max(peaks) < X.nbytes / 4
