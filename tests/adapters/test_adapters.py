@@ -100,13 +100,16 @@ def test_freeze_keeps_the_first_blocks_adapter_free_and_cached(
 
 def test_an_adapter_on_a_cnn_and_on_vision_transformers(images):
     X, y = images
-    clf = make_classifier(tiny_cnn(), adapter="lora", lr=3e-3).fit(X, y)
+    # Where the adapters go, not what they learn: one epoch each.
+    clf = make_classifier(tiny_cnn(), adapter="lora", max_epochs=1).fit(X, y)
     assert clf.adapted_modules_ == ["stem.0", "stage1.0", "stage2.0"]
     rgb = np.repeat(X, 3, axis=1)
     rgb = torch.nn.functional.interpolate(torch.as_tensor(rgb), size=16).numpy()
-    timm_vit = make_classifier(tiny_timm_vit(depth=2), adapter="lora").fit(rgb, y)
+    vit = tiny_timm_vit(depth=2)
+    timm_vit = make_classifier(vit, adapter="lora", max_epochs=1).fit(rgb, y)
     assert any(n.endswith("attn.qkv") for n in timm_vit.adapted_modules_)
-    tv_vit = make_classifier(tiny_torchvision_vit(), adapter="lora").fit(rgb, y)
+    tv_vit = make_classifier(tiny_torchvision_vit(), adapter="lora", max_epochs=1)
+    tv_vit.fit(rgb, y)
     assert any(n.endswith("self_attention") for n in tv_vit.adapted_modules_)
     assert not any(n.endswith("out_proj") for n in tv_vit.adapted_modules_)
 
@@ -136,7 +139,7 @@ def test_merging_keeps_predictions_and_the_adapters_round_trip(
 
 def test_adapters_are_tuned_in_a_grid_search(tiny_bert_encoder, reviews):
     texts, labels = reviews
-    clf = FineTuneClassifier(tiny_bert_encoder, lr=1e-2, max_epochs=2, random_state=0)
+    clf = FineTuneClassifier(tiny_bert_encoder, lr=1e-2, max_epochs=1, random_state=0)
     grid = [{"adapter": [None]}, {"adapter": [Adapter("lora")], "adapter__r": [2, 4]}]
     search = GridSearchCV(clf, grid, cv=2).fit(texts, labels)
     assert len(search.cv_results_["params"]) == 3

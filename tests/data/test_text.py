@@ -8,11 +8,10 @@ from helpers import (
     BagOfWordsEncoder,
     TextBackbone,
     WordTokenizer,
-    save_tiny_hf_encoder,
     text_backbone,
 )
 
-from sktune import Backbone, FineTuneClassifier
+from sktune import FineTuneClassifier
 from sktune.data import TextCollator, TextDataset
 from sktune.data.text import as_texts
 from sktune.families.hf import TokenSplit
@@ -164,18 +163,14 @@ def test_group_by_length_pads_less():
 
 @pytest.mark.parametrize("freeze", ["all", 2])
 def test_group_by_length_gives_the_same_model_with_and_without_cache(
-    reviews, freeze, tmp_path
+    reviews, freeze, tiny_bert_encoder
 ):
     # Lengths are counted on the texts, so raw texts, cached token states
     # (freeze=2 of a BERT) and cached pooled features are grouped alike.
     from skorch.dataset import ValidSplit
 
     texts, labels = reviews
-    if freeze == "all":
-        make_backbone = text_backbone
-    else:
-        path = str(save_tiny_hf_encoder(tmp_path, texts, "bert"))
-        make_backbone = lambda: Backbone(path)  # noqa: E731
+    backbone = text_backbone() if freeze == "all" else tiny_bert_encoder
     kwargs = dict(
         freeze=freeze,
         group_by_length=True,
@@ -184,8 +179,8 @@ def test_group_by_length_gives_the_same_model_with_and_without_cache(
         batch_size=8,
         random_state=0,
     )
-    on = FineTuneClassifier(make_backbone(), **kwargs).fit(texts, labels)
-    off = FineTuneClassifier(make_backbone(), cache=False, **kwargs).fit(texts, labels)
+    on = FineTuneClassifier(backbone, **kwargs).fit(texts, labels)
+    off = FineTuneClassifier(backbone, cache=False, **kwargs).fit(texts, labels)
     assert on.cache_info_["enabled"] and not off.cache_info_["enabled"]
     assert isinstance(on.module_.split, TokenSplit) == (freeze == 2)
     np.testing.assert_allclose(
@@ -250,10 +245,8 @@ def test_empty_strings_train_like_any_other_text(kind, split, freeze):
     assert X == X_before
 
 
-def test_an_empty_text_tokenizes(reviews, tmp_path):
-    texts, _ = reviews
-    path = str(save_tiny_hf_encoder(tmp_path, texts, "bert"))
-    clf = FineTuneClassifier(Backbone(path), max_epochs=1, random_state=0)
+def test_an_empty_text_tokenizes(tiny_bert_encoder):
+    clf = FineTuneClassifier(tiny_bert_encoder, max_epochs=1, random_state=0)
     clf.fit(EMPTY_FIRST, EMPTY_FIRST_Y)
     batch = clf._collator.encode(["", "good food"])
     assert batch["attention_mask"].sum(1).tolist() == [2, 4]  # [CLS] [SEP] ...
