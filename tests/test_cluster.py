@@ -63,28 +63,37 @@ def test_module_backbones_travel_by_reference_inside_share_backbones(blobs, wrap
         copy = pickle.loads(payloads[0])
         # In this process a reference resolves to the user's own object.
         assert (copy.backbone.source if wrap else copy.backbone) is module
-        # A fresh process on this machine loads the snapshot: same weights.
-        script = textwrap.dedent(
-            """
-            import pickle, sys, torch
-            clf = pickle.loads(sys.stdin.buffer.read())
-            bb = clf.backbone
-            bb = bb.module() if hasattr(bb, "module") and not isinstance(bb, torch.nn.Module) else bb
-            print(float(sum(p.double().sum() for p in bb.parameters())))
-            """
-        )
+    # Outside the block pickles are whole again, and nothing stays registered.
+    assert len(pickle.dumps(clf)) == whole
+    assert not _REGISTRY
+
+
+FRESH_PROCESS = textwrap.dedent(
+    """
+    import pickle, sys, torch
+    clf = pickle.loads(sys.stdin.buffer.read())
+    bb = clf.backbone
+    bb = bb.module() if hasattr(bb, "module") and not isinstance(bb, torch.nn.Module) else bb
+    print(float(sum(p.double().sum() for p in bb.parameters())))
+    """
+)
+
+
+@pytest.mark.slow  # a fresh interpreter: seconds of imports
+@pytest.mark.parametrize("wrap", [False, True], ids=["module", "Backbone"])
+def test_a_fresh_process_on_this_machine_loads_the_snapshot(wrap):
+    module = big_mlp()
+    clf = make_classifier(Backbone(module) if wrap else module, freeze=1)
+    with share_backbones():
         out = subprocess.run(
-            [sys.executable, "-c", script],
-            input=payloads[1],
+            [sys.executable, "-c", FRESH_PROCESS],
+            input=pickle.dumps(clf),
             capture_output=True,
             check=True,
             cwd=os.path.dirname(__file__),
         ).stdout
-        total = float(sum(p.detach().double().sum() for p in module.parameters()))
-        assert float(out) == pytest.approx(total, rel=1e-12)
-    # Outside the block pickles are whole again, and nothing stays registered.
-    assert len(pickle.dumps(clf)) == whole
-    assert not _REGISTRY
+    total = float(sum(p.detach().double().sum() for p in module.parameters()))
+    assert float(out) == pytest.approx(total, rel=1e-12)
 
 
 def test_a_reference_without_its_snapshot_says_what_to_do(blobs):
@@ -104,6 +113,7 @@ class TorchThreads(Callback):
         self.threads_ = torch.get_num_threads()
 
 
+@pytest.mark.slow  # starts loky's worker processes: seconds of imports
 def test_fits_in_loky_workers_keep_their_share_of_the_cores(blobs):
     # joblib gives each of n_jobs processes cores // n_jobs threads; a fit in
     # a worker, its backbone shipped by share_backbones, trains with them.
@@ -116,6 +126,7 @@ def test_fits_in_loky_workers_keep_their_share_of_the_cores(blobs):
         assert dict(fold.callbacks_)["TorchThreads"].threads_ * 2 <= max(cores, 2)
 
 
+@pytest.mark.slow  # loky's worker processes
 def test_parallel_search_matches_the_serial_one(blobs):
     X, y = blobs
     clf = make_classifier(big_mlp(), max_epochs=3, random_state=0)

@@ -540,6 +540,7 @@ DETERMINISM_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # two fresh interpreters: seconds of imports
 def test_same_seed_gives_bit_identical_predictions_across_processes():
     script = DETERMINISM_SCRIPT.format(tests=os.path.dirname(__file__))
     # Two fresh processes at once (their start-up, importing torch, dominates).

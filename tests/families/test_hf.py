@@ -272,7 +272,7 @@ def tiny_encoder(request):
 @pytest.mark.parametrize("freeze", [1, 2, 3])
 def test_text_encoder_is_cut_after_its_frozen_layers(tiny_encoder, reviews, freeze):
     texts, labels = reviews
-    params = dict(freeze=freeze, lr=1e-3, max_epochs=3, random_state=0)
+    params = dict(freeze=freeze, lr=1e-3, max_epochs=2, random_state=0)
     on = FineTuneClassifier(tiny_encoder, **params).fit(texts, labels)
     off = FineTuneClassifier(tiny_encoder, cache=False, **params).fit(texts, labels)
     assert on.module_.split == TokenSplit(n_layers=freeze - 1)
