@@ -8,10 +8,12 @@ import os
 os.environ.setdefault("SCIPY_ARRAY_API", "1")
 # Torch's OpenMP threads spin while they wait for work. Where the cores are
 # shared (another test run, a benchmark), a spinning thread holds the core its
-# partner needs, and a tiny fit ran 30-50 times slower than on idle cores.
-# Waiting passively changes no result (the same threads split the work the
-# same way); it must be set before torch is imported, and worker processes
-# and the notebook's kernel inherit it.
+# partner needs: tiny fits ran 30-50 times slower, an EfficientNet fit 4-25
+# times. Waiting passively changes no result (the same threads split the work
+# the same way). On idle cores spinning is faster for the real-model tests
+# (one EfficientNet test: 10 s spinning, 17 s passive): set
+# OMP_WAIT_POLICY=ACTIVE there. Set before torch is imported; worker
+# processes and the notebook's kernel inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np

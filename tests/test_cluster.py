@@ -169,9 +169,9 @@ def test_dask_local_cluster_search_matches_the_serial_one():
 
     def search(backbone):
         clf = FineTuneClassifier(
-            backbone, image_size=32, max_epochs=2, random_state=0, verbose=0
+            backbone, image_size=32, max_epochs=1, random_state=0, verbose=0
         )
-        return GridSearchCV(clf, grid, cv=3)
+        return GridSearchCV(clf, grid, cv=2)
 
     # The workers run one torch thread each; so does the reference, so that
     # every reduction adds up in the same order.
