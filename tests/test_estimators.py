@@ -24,6 +24,22 @@ from torch import nn
 
 from sktune import Backbone, FineTuneClassifier, FineTuneRegressor, Freeze
 
+
+@pytest.fixture(scope="module")
+def fitted(blobs):
+    """``fitted(freeze)``: make_classifier(freeze=freeze) fitted on blobs, once
+    per module; the tests that take one only read it."""
+    X, y = blobs
+    fits = {}
+
+    def get(freeze=None):
+        if freeze not in fits:
+            fits[freeze] = make_classifier(freeze=freeze).fit(X, y)
+        return fits[freeze]
+
+    return get
+
+
 # -- invariant 1: pristine weights, user's backbone untouched -----------------
 
 
@@ -156,9 +172,8 @@ def test_train_bn_lets_every_batchnorm_train_frozen_blocks_included(images):
     assert net.stem[1].weight.requires_grad
 
 
-def test_frozen_parameters_have_no_optimizer_state(blobs):
-    X, y = blobs
-    clf = make_classifier(freeze=2).fit(X, y)
+def test_frozen_parameters_have_no_optimizer_state(fitted):
+    clf = fitted(2)
     in_optimizer = {id(p) for g in clf.optimizer_.param_groups for p in g["params"]}
     for name, p in clf.module_.named_parameters():
         assert (id(p) in in_optimizer) == p.requires_grad, name
@@ -170,9 +185,8 @@ def test_frozen_parameters_have_no_optimizer_state(blobs):
     assert frozen == {"0.weight", "0.bias", "2.weight", "2.bias"}
 
 
-def test_frozen_blocks_run_in_eval_mode_while_training(blobs):
-    X, y = blobs
-    clf = make_classifier(freeze=2, max_epochs=1).fit(X, y)
+def test_frozen_blocks_run_in_eval_mode_while_training(fitted):
+    clf = fitted(2)
     clf.module_.train()
     backbone = clf.module_.backbone
     # Blocks: [Linear, ReLU], [Linear, ReLU, Dropout], [Linear, ReLU].
@@ -222,18 +236,18 @@ def test_random_state_accepts_a_numpy_random_state(blobs):
     np.testing.assert_array_equal(a, b)
 
 
-def test_pickle_round_trip_gives_identical_predictions(blobs):
-    X, y = blobs
-    clf = make_classifier(freeze=1).fit(X, y)
+def test_pickle_round_trip_gives_identical_predictions(blobs, fitted):
+    X, _ = blobs
+    clf = fitted(1)
     restored = pickle.loads(pickle.dumps(clf))
     np.testing.assert_array_equal(clf.predict_proba(X), restored.predict_proba(X))
     np.testing.assert_array_equal(clf.predict(X), restored.predict(X))
     assert restored.n_blocks_ == clf.n_blocks_
 
 
-def test_predictions_do_not_depend_on_batch_composition(blobs):
-    X, y = blobs
-    clf = make_classifier().fit(X, y)
+def test_predictions_do_not_depend_on_batch_composition(blobs, fitted):
+    X, _ = blobs
+    clf = fitted()
     full = clf.predict_proba(X)
     one_by_one = np.concatenate([clf.predict_proba(X[i : i + 1]) for i in range(10)])
     np.testing.assert_array_equal(full[:10], one_by_one)
@@ -344,9 +358,9 @@ def test_numeric_dtypes_and_tensors(blobs, dtype):
     np.testing.assert_array_equal(clf.predict(Xd), clf.predict(torch.as_tensor(Xd)))
 
 
-def test_logits_head_is_trained_with_cross_entropy(blobs):
+def test_logits_head_is_trained_with_cross_entropy(blobs, fitted):
     X, y = blobs
-    clf = make_classifier().fit(X, y)
+    clf = fitted()
     assert isinstance(clf.criterion_, nn.CrossEntropyLoss)
     clf.module_.eval()
     logits = clf.module_(torch.as_tensor(X[:5], dtype=torch.float32))
@@ -432,9 +446,8 @@ def test_early_stopping_when_asked(blobs):
     assert clf.history_[-1, "valid_acc"] > 0.9
 
 
-def test_describe_lists_blocks_with_counts(blobs):
-    X, y = blobs
-    text = make_classifier(freeze=1).fit(X, y).describe()
+def test_describe_lists_blocks_with_counts(fitted):
+    text = fitted(1).describe()
     lines = text.splitlines()
     assert lines[0].split() == [
         "block",
