@@ -52,7 +52,7 @@ class Bad(NamedTuple):
 
     id: str
     params: dict
-    error: type
+    error: type | tuple[type, ...]
     message: str
     #: The input kinds it is checked on (see INPUTS).
     inputs: tuple = ("array", "text", "image")
