@@ -141,9 +141,9 @@ def test_defaults_do_not_collapse_on_a_real_text_encoder(minilm, sentences):
     # default, backbone_lr=1e-3) 0.700, predicting "negative" for 78%.
     X_train, X_test, y_train, y_test = sentences
     clf = FineTuneClassifier(minilm, random_state=0).fit(X_train[:160], y_train[:160])
-    predicted = clf.predict(X_test)
+    predicted = clf.predict(X_test)  # once: score() would predict again
     assert set(predicted) == {0, 1}
-    assert clf.score(X_test, y_test) > 0.82
+    assert np.mean(predicted == y_test) > 0.82
 
 
 def test_defaults_do_not_collapse_on_a_real_cnn(efficientnet, digits_rgb):
@@ -151,5 +151,6 @@ def test_defaults_do_not_collapse_on_a_real_cnn(efficientnet, digits_rgb):
     # Measured: 0.943; the linear probe at its defaults 0.737.
     clf = FineTuneClassifier(efficientnet, image_size=32, random_state=0)
     clf.fit(X_train, y_train)
-    assert len(set(clf.predict(X_test))) == 10
-    assert clf.score(X_test, y_test) > 0.9
+    predicted = clf.predict(X_test)  # once: score() would predict again
+    assert len(set(predicted)) == 10
+    assert np.mean(predicted == y_test) > 0.9
