@@ -110,6 +110,7 @@ class FineTuneMixin(PretrainedMixin):
         max_length=None,
         group_by_length=False,
         image_size=None,
+        augment=None,
         cache="auto",
         cache_size=1024,
         cache_dtype=None,
@@ -138,6 +139,7 @@ class FineTuneMixin(PretrainedMixin):
         self.max_length = max_length
         self.group_by_length = group_by_length
         self.image_size = image_size
+        self.augment = augment
         self.cache = cache
         self.cache_size = cache_size
         self.cache_dtype = cache_dtype
@@ -306,7 +308,7 @@ class FineTuneMixin(PretrainedMixin):
                 X, y, fitted = check_fit_data(
                     self, X, y, reset=reset, regression=self._regression
                 )
-                check_against_input(self, fitted.kind)
+                check_against_input(self, fitted.kind, fitted.shape)
                 y = self._encode_targets(y, reset=reset, classes=classes)
                 if reset:
                     self.input_spec_ = fitted

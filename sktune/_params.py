@@ -32,6 +32,13 @@ from ._constraints import (
 from .adapters import ADAPTER_ACCEPTED, is_adapter
 from .backbones import BACKBONE_ACCEPTED, is_backbone_source
 from .cache.prefix import CACHE_DTYPE_ACCEPTED, is_cache_dtype
+from .data.augment import (
+    AUGMENT_ACCEPTED,
+    AUGMENTED_KINDS,
+    augment_hint,
+    augment_name,
+    is_augment,
+)
 from .data.images import IMAGE_SIZE_ACCEPTED, is_image_size
 from .freeze import FREEZE_ACCEPTED, is_policy
 from .heads import HEAD_ACCEPTED, POOLINGS, head_hint, is_head
@@ -67,6 +74,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     ),
     "group_by_length": BOOL,
     "image_size": Constraint(IMAGE_SIZE_ACCEPTED, is_image_size),
+    "augment": Constraint(AUGMENT_ACCEPTED, is_augment, augment_hint),
     "cache": _AUTO_BOOL,
     "cache_size": Constraint(
         "a positive number of megabytes", lambda v: is_real(v) and v > 0
@@ -133,6 +141,19 @@ def validate_params(estimator) -> None:
             f"max_epochs={estimator.max_epochs} (each restart trains that many "
             "epochs before the best one continues)."
         )
+    if estimator.augment is not None and estimator.cache is True:
+        raise InvalidParameterError(
+            f"cache=True is not valid with {augment_name(estimator.augment)}: "
+            "augmentation changes the input every epoch, so training cannot run "
+            "on cached prefix outputs; use cache='auto' (predictions still use "
+            "the cache) or cache=False."
+        )
+    _needs(
+        isinstance(estimator.augment, str),
+        "torchvision",
+        f"augment={estimator.augment!r} is built on torchvision.transforms.v2",
+        "vision",
+    )
     _needs(
         estimator.group_by_length,
         "transformers",
@@ -152,12 +173,31 @@ def _needs(wanted: bool, package: str, what: str, extra: str) -> None:
         raise ImportError(f"{what}; install it with pip install 'sktune[{extra}]'.")
 
 
-def check_against_input(estimator, kind: str) -> None:
-    """Check the parameters that depend on the input kind of ``fit``'s X."""
+def check_against_input(estimator, kind: str, shape: tuple | None = None) -> None:
+    """Check the parameters that depend on the input kind of ``fit``'s X
+    (``shape``: one sample's, where known)."""
     if estimator.group_by_length and kind not in ("text", "pairs"):
         raise InvalidParameterError(
             "group_by_length=True groups texts by their length, but X holds "
             f"{kind} data; use group_by_length=False."
+        )
+    augment = estimator.augment
+    if augment is not None and kind not in AUGMENTED_KINDS:
+        raise InvalidParameterError(
+            f"{augment_name(augment)} augments uint8 images (N x H x W x C), but X "
+            f"holds {kind} data; use augment=None (float images are taken as "
+            "preprocessed: augment them before fit, or pass uint8 images)."
+        )
+    channels = None if shape is None else (shape[-1] if len(shape) == 3 else 1)
+    if (
+        isinstance(augment, str)
+        and augment == "strong"
+        and channels not in (None, 1, 3)
+    ):
+        raise InvalidParameterError(
+            f"augment='strong' applies TrivialAugmentWide, which takes 1- or "
+            f"3-channel images, but X holds {channels}-channel images; use "
+            "augment='light' or a callable of your own."
         )
 
 

@@ -74,6 +74,20 @@ _COMMON_PARAMS = """
         predict (a fitted estimator then takes images of any size); "auto"
         uses the backbone's pretrained input size, None keeps the images'
         size (predict then takes the size fit saw).
+    augment : None, "light", "strong" or callable, default=None
+        Augment uint8 images in training batches only (evaluation,
+        prediction, ``embed`` and the frozen-prefix pass never augment), each
+        image with its own random draw from torch's RNG, which
+        ``random_state`` seeds. "light": a random resized crop back to the
+        image's own size (keeping 35-100% of its area) and a horizontal flip;
+        "strong": "light", then TrivialAugmentWide (both from
+        ``torchvision.transforms.v2``). A callable takes a uint8 ``N x C x H
+        x W`` batch (torchvision's convention; on the training device) and
+        returns a uint8 batch of the same N and C, e.g. a ``v2.Compose``
+        (a module-level function or a transform object, so that it can be
+        cloned and pickled). Blocks that see augmented input cannot be
+        cached: training runs without the frozen-prefix cache
+        (``cache_info_["reason"]`` says so), predictions still use it.
     cache : "auto", True or False, default="auto"
         Compute the frozen input side of the backbone once per sample instead
         of every epoch, and reuse it across refits, folds and grid-search

@@ -26,6 +26,7 @@ from torch.utils.data import Subset
 
 from ._modules import eval_mode
 from .cache import WholeSplit
+from .data.augment import augment_name, batch_augment
 from .data.loaders import pad_batch
 from .data.text import TextDataset, is_texts, mean_tokens
 from .freeze import apply_freeze, options
@@ -104,6 +105,11 @@ class FitStages:
         prefix pass.
         """
         runs = phases(len(net.history_) + 1, epochs, self.frozen_at)
+        preprocess = net._network.preprocess
+        if preprocess is not None:
+            # Set every fit, so that set_params(augment=...) then partial_fit
+            # trains with the value set (fit checked it against the input).
+            preprocess.augment = batch_augment(net.augment)
         self.epochs_planned = epochs
         self.split_indices = {} if len(runs) > 1 else None
         try:
@@ -154,10 +160,14 @@ class FitStages:
             and "collate_fn" not in net.get_params_for(iterator)
         )
         ragged = cache.split is not None and cache.split.ragged
+        # Augmented training batches differ every epoch; inference is never
+        # augmented, so predictions and embed() still read the cache.
+        augmented = training and net.augment is not None
         return cache.why_not(
             n_samples(X),
             custom_data=custom,
             tokens_per_sample=_mean_tokens(X, net._collator) if ragged else None,
+            changing=augment_name(net.augment) if augmented else None,
         )
 
     def dataset(self, net, X, y=None, *, cached: bool | None = None):

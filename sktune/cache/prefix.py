@@ -165,6 +165,7 @@ class PrefixCache:
         *,
         custom_data: bool = False,
         tokens_per_sample: float | None = None,
+        changing: str | None = None,
     ) -> str | None:
         """Why ``n_samples`` samples would not run on cached outputs (None: they would).
 
@@ -176,11 +177,16 @@ class PrefixCache:
             would be skipped, or handed cached outputs.
         tokens_per_sample : float, optional
             The mean token count of ragged rows (texts), for the size check.
+        changing : str, optional
+            What changes the input every epoch (``"augment='light'"``): the
+            blocks that see it cannot be cached.
         """
         if self.setting is False:
             return "cache=False"
         if isinstance(self.plan, NoCache):
             return self.plan.reason
+        if changing is not None:
+            return f"{changing} changes the input every epoch"
         if custom_data:
             return "a custom dataset or collate_fn may augment the data"
         megabytes = n_samples * self._row_bytes(tokens_per_sample) / 2**20

@@ -2,7 +2,8 @@
 
 uint8 ``N x H x W x C`` images stay uint8 (4x smaller than float) until a
 batch is converted by :class:`ImagePreprocess` with the backbone's own
-pretrained normalization. Convolutional backbones may run in channels-last
+pretrained normalization; in training mode it augments the uint8 batch
+first (:mod:`sktune.data.augment`). Convolutional backbones may run in channels-last
 memory layout (:func:`use_channels_last`), which oneDNN and cuDNN
 convolutions run fastest in.
 """
@@ -46,9 +47,16 @@ class ImagePreprocess(nn.Module):
     size : (int, int) or None
         Resize to this height and width (bilinear, antialiased); None keeps
         the images' own size.
+    augment : callable, optional
+        Applied to the uint8 ``N x C x H x W`` batch before resizing and
+        normalizing, in training mode only (see
+        :func:`sktune.data.augment.batch_augment`); each fit sets it from
+        the estimator's ``augment``.
     """
 
-    def __init__(self, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), size=None):
+    def __init__(
+        self, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), size=None, augment=None
+    ):
         super().__init__()
         # The layout of the output: channels-last when the backbone runs so
         # (set when the estimator builds its network).
@@ -60,6 +68,7 @@ class ImagePreprocess(nn.Module):
             "std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         )
         self.size = tuple(size) if size is not None else None
+        self.augment = augment
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.uint8:
@@ -71,7 +80,13 @@ class ImagePreprocess(nn.Module):
         elif x.shape[-1] == 1:
             x = x[..., 0].unsqueeze(1)
         else:
-            x = x.permute(0, 3, 1, 2).contiguous(memory_format=self.memory_format)
+            x = x.permute(0, 3, 1, 2)
+        # Training batches only: eval (predictions, the frozen-prefix pass,
+        # embed, the builder's probe) sees the images as they are.
+        if self.training and self.augment is not None:
+            x = self.augment(x)
+        if x.shape[1] > 1:
+            x = x.contiguous(memory_format=self.memory_format)
         x = x.float().div_(255.0)
         if self.size is not None and tuple(x.shape[-2:]) != self.size:
             x = F.interpolate(
@@ -118,7 +133,10 @@ def is_image_size(image_size) -> bool:
 
 
 def image_preprocess(image_size, data_config: dict | None) -> ImagePreprocess:
-    """The preprocessing of uint8 images for a backbone.
+    """The preprocessing of uint8 images for a backbone, in eval mode.
+
+    The network's ``train()`` turns it to training mode, and so its
+    augmentation (set by each fit) on, for training batches only.
 
     Parameters
     ----------
@@ -143,8 +161,13 @@ def image_preprocess(image_size, data_config: dict | None) -> ImagePreprocess:
     else:
         size = tuple(int(v) for v in image_size)
     if "mean" not in config:
-        return ImagePreprocess(size=size)
-    return ImagePreprocess(config["mean"], config["std"], size)
+        preprocess = ImagePreprocess(size=size)
+    else:
+        preprocess = ImagePreprocess(config["mean"], config["std"], size)
+    # Planning (the probe, the layout check, the cut's verification) runs a
+    # synthetic sample through it: never augmented, nor drawing from the RNG
+    # that then initializes the head.
+    return preprocess.eval()
 
 
 def use_channels_last(backbone: nn.Module, x, reference: torch.Tensor) -> str | None:
