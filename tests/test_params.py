@@ -258,6 +258,35 @@ BAD = [
         r"image_size=\(8,\) is not valid",
     ),
     Bad(
+        "augment-word",
+        {"augment": "medium"},
+        InvalidParameterError,
+        r"augment='medium' is not valid; use None, 'light' \(random resized crop and "
+        r"horizontal flip\), 'strong' \(light, then TrivialAugmentWide\) or a callable",
+    ),
+    Bad(
+        "augment-class",
+        {"augment": nn.Identity},
+        InvalidParameterError,
+        r"augment=<class 'torch.nn.modules.linear.Identity'> is not valid; .* A class "
+        r"is not a transform: pass an instance",
+    ),
+    Bad(
+        "augment-with-cache-true",
+        {"augment": "light", "cache": True},
+        InvalidParameterError,
+        r"cache=True is not valid with augment='light': augmentation changes the "
+        r"input every epoch",
+    ),
+    Bad(
+        "augment-on-other-input",
+        {"augment": "light"},
+        InvalidParameterError,
+        r"augment='light' augments uint8 images \(N x H x W x C\), but X holds "
+        r"(array|text) data; use augment=None",
+        ("array", "text"),
+    ),
+    Bad(
         "cache",
         {"cache": 1},
         InvalidParameterError,

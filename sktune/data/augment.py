@@ -43,9 +43,10 @@ __all__ = [
 #: The named policies.
 AUGMENTS = ("light", "strong")
 
-#: The input kinds that reach the network as uint8 ``N x H x W x C`` batches,
-#: the only ones augmented (float images are taken as preprocessed).
-AUGMENTED_KINDS = ("image",)
+#: The input kinds that reach the network as uint8 ``N x H x W x C`` batches
+#: (arrays, and photos decoded at working size), the only ones augmented:
+#: float images are taken as preprocessed.
+AUGMENTED_KINDS = ("image", "photos")
 
 AUGMENT_ACCEPTED = (
     "None, 'light' (random resized crop and horizontal flip), 'strong' (light, "
@@ -151,7 +152,7 @@ class Checked:
         got = (
             f"a {out.dtype} tensor of shape {tuple(out.shape)}"
             if isinstance(out, torch.Tensor)
-            else f"a {type(out).__name__}"
+            else f"an object of type {type(out).__name__}"
         )
         raise InvalidParameterError(
             f"{augment_name(self.fn)} must return a uint8 N x C x H x W tensor with "
