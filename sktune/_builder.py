@@ -163,8 +163,13 @@ cache, cache_size, cache_dtype
     tokenizer = source.tokenizer()
     data_config = source.data_config()
     check_input_fits(fitted, tokenizer, data_config)
+    # Photos arrive decoded at the working size (sktune.data.photos).
     preprocess = (
-        image_preprocess(image_size, data_config) if fitted.kind == "image" else None
+        image_preprocess(image_size, data_config)
+        if fitted.kind == "image"
+        else image_preprocess(None, data_config)
+        if fitted.kind == "photos"
+        else None
     )
     if preprocess is not None and device is not None:
         preprocess.to(device)
@@ -355,6 +360,7 @@ def _cache_key(
             tuple(preprocess.mean.flatten().tolist()),
             tuple(preprocess.std.flatten().tolist()),
             preprocess.size,
+            fitted.photo,
         ),
         pooling=network.pooling,
         channels_last=network.channels_last,

@@ -49,7 +49,7 @@ def check_input_fits(fitted: FittedInput, tokenizer, data_config) -> None:
             "backbone ('hf:ID_OR_DIR' or a sktune.Backbone of one), or turn the "
             "text into numbers first."
         )
-    if kind in ("array", "image") and tokenizer is not None:
+    if kind in ("array", "image", "photos") and tokenizer is not None:
         raise ValueError(
             "The backbone is a text model, but X holds numbers or images: pass "
             "strings (or string pairs), or a mapping of tokenized inputs "
@@ -58,9 +58,13 @@ def check_input_fits(fitted: FittedInput, tokenizer, data_config) -> None:
     expected = (data_config or {}).get("input_size", (None,))[0]
     if expected is None:
         return
-    if kind == "image" or (kind == "array" and len(fitted.shape) == 3):
+    if kind in ("image", "photos") or (kind == "array" and len(fitted.shape) == 3):
         message = _channel_mismatch(
-            fitted.shape, fitted.dtype, kind == "image", expected, "the backbone"
+            fitted.shape,
+            fitted.dtype,
+            kind in ("image", "photos"),
+            expected,
+            "the backbone",
         )
         if message is not None:
             raise ValueError(message)

@@ -341,6 +341,8 @@ def load(cls, directory, backbone=None, **params):
     spec["fields"] = tuple(
         (key, dtype, tuple(shape)) for key, dtype, shape in spec["fields"]
     )
+    photo = spec.get("photo") or ()  # how photos are decoded: (size, ...)
+    spec["photo"] = (tuple(photo[0]), *photo[1:]) if photo else ()
     estimator.input_spec_ = FittedInput(**spec)
     estimator._n_head_outputs = fitted["n_head_outputs"]
     if "y_ndim" in fitted:

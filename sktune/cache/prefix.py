@@ -67,7 +67,7 @@ class CacheKey:
     kind : str
         The input kind.
     preprocess : tuple or None
-        Image normalization and size.
+        Image normalization and size, and how photos are decoded.
     pooling : str or None
     channels_last : bool
         The memory layout (other kernels, other rounding).

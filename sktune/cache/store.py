@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.photos import Photos
+
 __all__ = [
     "DEFAULT_BUDGET_MB",
     "STORE",
@@ -191,7 +193,10 @@ def fingerprint(module: nn.Module) -> str:
 
 
 def sample_digests(X) -> list[bytes]:
-    """One digest per sample of an array, a list of texts or a dict of arrays."""
+    """One digest per sample of an array, a list of texts, a dict of arrays
+    or photos (:meth:`sktune.data.photos.Photos.digests`)."""
+    if isinstance(X, Photos):
+        return X.digests()
     if isinstance(X, dict):
         parts = [sample_digests(v) for _, v in sorted(X.items())]
         return [

@@ -12,6 +12,10 @@ the same way in ``predict``:
 - ``"text"`` / ``"pairs"``: strings or string pairs, tokenized per batch by
   :class:`sktune.data.text.TextCollator`, padded to the longest member of the batch;
   validated into a 1-D object array (see :func:`sktune.data.text.as_texts`);
+- ``"photos"``: image files, PIL images or uint8 pictures of any size (see
+  :mod:`sktune.data.photos`), decoded at the backbone's working size into
+  uint8 batches; strings are paths for an image backbone, texts for a text
+  backbone;
 - ``"mapping"``: already tokenized input (a dict of equal-length arrays, e.g.
   from skorch's ``HuggingfacePretrainedTokenizer``), passed to the backbone
   as keyword arguments.
@@ -34,6 +38,7 @@ from sklearn.utils import check_consistent_length
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, validate_data
 
+from .photos import Photos, PhotoSpec, is_photo
 from .text import as_texts
 
 __all__ = [
@@ -55,11 +60,14 @@ class FittedInput:
 
     Attributes
     ----------
-    kind : {"array", "image", "text", "pairs", "mapping"}
+    kind : {"array", "image", "photos", "text", "pairs", "mapping"}
     shape : tuple of int
-        One sample's shape (arrays and images).
+        One sample's shape (arrays and images; photos: as decoded).
     dtype : str
         The dtype of array and image samples.
+    photo : tuple
+        For photos: how each is decoded (:class:`~sktune.data.photos.PhotoSpec`
+        as a tuple), never a path.
     fields : tuple of (str, str, tuple)
         For a mapping of tokenized inputs: each key, its dtype and one
         sample's shape.
@@ -69,6 +77,18 @@ class FittedInput:
     shape: tuple[int, ...] = ()
     dtype: str = "float32"
     fields: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
+    photo: tuple = ()
+
+    @classmethod
+    def of_photos(cls, spec: PhotoSpec) -> FittedInput:
+        """The spec of photos decoded by ``spec``: uint8 images to the network."""
+        return cls("photos", spec.shape, "uint8", photo=spec.as_tuple())
+
+    @property
+    def photo_spec(self) -> PhotoSpec:
+        """How photos are decoded (photo input only)."""
+        size, *rest = self.photo
+        return PhotoSpec(tuple(size), *rest)
 
     @classmethod
     def of(cls, X, kind: str) -> FittedInput:
@@ -99,7 +119,7 @@ class FittedInput:
         rng = np.random.default_rng(0)
         if self.kind == "array":
             return rng.random((1, *self.shape)).astype(self.dtype)
-        if self.kind == "image":
+        if self.kind in ("image", "photos"):
             return rng.integers(0, 256, size=(1, *self.shape), dtype=np.uint8)
         if self.kind == "text":
             return [_EXAMPLE_TEXT[0]]
@@ -126,19 +146,27 @@ def _is_str(value) -> bool:
     return isinstance(value, (str, np.str_))
 
 
-def input_kind(X) -> str:
-    """Classify ``X`` as "array", "image", "text", "pairs" or "mapping"."""
+def input_kind(X, *, strings: str = "text") -> str:
+    """Classify ``X`` as "array", "image", "photos", "text", "pairs" or "mapping".
+
+    ``strings``: what a sequence of strings is, "text" (a text backbone) or
+    "photos" (paths, for an image backbone).
+    """
     if sp.issparse(X):  # a DOK matrix is a Mapping, yet not tokenized input
         return "array"
     if isinstance(X, Mapping):
         return "mapping"
     if hasattr(X, "iloc"):  # pandas
         values = X.to_numpy()
+        if values.dtype == object and len(values) and _is_photos(values, strings):
+            return "photos"
         if values.dtype == object and len(values) and _is_str(values.flat[0]):
             return "pairs" if values.ndim == 2 and values.shape[1] == 2 else "text"
         return "array"
     if isinstance(X, (list, tuple)) and len(X):
         first = X[0]
+        if _is_photos(X, strings):
+            return "photos"
         if _is_str(first):
             return "text"
         # Strings in a sequence: meant as pairs, whatever their number (a
@@ -146,6 +174,8 @@ def input_kind(X) -> str:
         if isinstance(first, (list, tuple)) and any(map(_is_str, first)):
             return "pairs"
     if isinstance(X, np.ndarray):
+        if X.ndim == 1 and len(X) and _is_photos(X, strings):
+            return "photos"
         if X.dtype.kind in "US" or (
             X.dtype == object and X.size and _is_str(X.flat[0])
         ):
@@ -153,6 +183,19 @@ def input_kind(X) -> str:
         if X.dtype == np.uint8 and (X.ndim == 3 or _channels_last(X.shape)):
             return "image"
     return "array"
+
+
+def _is_photos(values, strings: str) -> bool:
+    """A sequence (or one column) of photos: judged by its first entry, a
+    path-like, a PIL image or a uint8 picture (strings only as paths)."""
+    if isinstance(values, np.ndarray) and values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if isinstance(values, np.ndarray) and values.ndim != 1:
+        return False
+    first = values[0]
+    if _is_str(first):
+        return strings == "photos"
+    return is_photo(first)
 
 
 def _channels_last(shape) -> bool:
@@ -278,6 +321,40 @@ def _texts(X, kind: str, param: str = "X") -> np.ndarray:
     return as_texts(out)
 
 
+def _photos(X, param: str = "X") -> Photos:
+    """``X`` as :class:`~sktune.data.photos.Photos`, checking every entry:
+    a path, a PIL image or a uint8 ``H x W (x C)`` picture each."""
+    values = X.to_numpy() if hasattr(X, "to_numpy") else X
+    if isinstance(values, np.ndarray) and values.ndim == 2:
+        if values.shape[1] != 1:
+            raise ValueError(
+                f"{param} has {values.shape[1]} columns of photos; use one column "
+                "of paths (or PIL images)."
+            )
+        values = values[:, 0]
+    sources = []
+    for i, item in enumerate(values):
+        if not is_photo(item):
+            raise ValueError(
+                f"{param}[{i}] is {_REPR.repr(item)}{_array_note(item)}; every "
+                "sample of photo input must be a path (str or os.PathLike), a PIL "
+                "image or a uint8 array (H x W, or H x W x C with 1, 3 or 4 "
+                "channels)."
+            )
+        sources.append(str(item) if isinstance(item, np.str_) else item)
+    if not sources:
+        raise ValueError(
+            f"{param} is empty: found 0 samples, a minimum of 1 is required."
+        )
+    return Photos(sources)
+
+
+def _array_note(item) -> str:
+    if isinstance(item, np.ndarray):
+        return f" (an array of {item.dtype}, {_shape(item.shape)})"
+    return ""
+
+
 def _mapping(X, param: str = "X") -> dict:
     data = {k: torch.as_tensor(_to_numpy(v)) for k, v in X.items()}
     lengths = {k: len(v) for k, v in data.items()}
@@ -302,15 +379,20 @@ def _check_y(estimator, y, *, regression: bool):
     return y
 
 
-def check_fit_data(estimator, X, y, *, reset: bool, regression: bool):
+def check_fit_data(
+    estimator, X, y, *, reset: bool, regression: bool, strings: str = "text"
+):
     """Validate training data; return ``(X, y, FittedInput)`` ready for skorch.
 
     Arrays go through scikit-learn's ``validate_data`` (which sets or checks
-    ``n_features_in_`` and ``feature_names_in_``); text and mappings are
-    checked here, their targets with the same scikit-learn helpers.
+    ``n_features_in_`` and ``feature_names_in_``); text, photos and mappings
+    are checked here, their targets with the same scikit-learn helpers.
+    ``strings``: what strings are, "text" or "photos" (paths). Photos get a
+    FittedInput of kind "photos" without its decoding, which the caller sets
+    (:meth:`FittedInput.of_photos`).
     """
     _check_image_dtype(X)
-    kind = input_kind(X)
+    kind = input_kind(X, strings=strings)
     if not reset:
         _check_same_kind(estimator, kind)
     if kind == "image" and not reset:
@@ -334,7 +416,12 @@ def check_fit_data(estimator, X, y, *, reset: bool, regression: bool):
         if kind == "array":
             X = X.astype(np.float32, copy=False)
         return X, y, FittedInput.of(X, kind)
-    X = _texts(X, kind) if kind in ("text", "pairs") else _mapping(X)
+    if kind == "photos":
+        X = _photos(X)
+    elif kind in ("text", "pairs"):
+        X = _texts(X, kind)
+    else:
+        X = _mapping(X)
     y = _check_y(estimator, y, regression=regression)
     check_consistent_length(next(iter(X.values())) if kind == "mapping" else X, y)
     return X, y, FittedInput.of(X, kind)
@@ -343,7 +430,8 @@ def check_fit_data(estimator, X, y, *, reset: bool, regression: bool):
 def check_predict_data(estimator, X, kind: str):
     """Validate prediction input against what ``fit`` saw."""
     _check_image_dtype(X)
-    _check_same_kind(estimator, input_kind(X))
+    strings = "photos" if kind == "photos" else "text"
+    _check_same_kind(estimator, input_kind(X, strings=strings))
     if kind == "array":
         X = validate_data(
             estimator,
@@ -357,12 +445,15 @@ def check_predict_data(estimator, X, kind: str):
         return _check_images(estimator, _to_numpy(X))
     if kind == "mapping":
         return _mapping(X)
+    if kind == "photos":
+        return _photos(X)
     return _texts(X, kind)
 
 
 KIND_NAMES = {
     "array": "numeric arrays",
     "image": "uint8 images (N x H x W x C)",
+    "photos": "photos (paths, PIL images or uint8 pictures of any size)",
     "text": "strings",
     "pairs": "string pairs",
     "mapping": "a mapping of tokenized inputs",

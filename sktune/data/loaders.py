@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import torch
 from torch.utils.data import Subset
 
+from .photos import PhotoDataset, photo_workers
 from .text import TextDataset, token_lengths
 
 __all__ = ["length_sampler", "make_loader", "pad_batch"]
@@ -53,6 +54,9 @@ def make_loader(
     base = dataset
     while isinstance(base, Subset):
         base = base.dataset
+    if isinstance(base, PhotoDataset) and base.decodes_on_the_fly:
+        # Photos beyond the decoded budget are decoded as batches are drawn.
+        kwargs.setdefault("num_workers", photo_workers(len(dataset)))
     collate = getattr(base, "collate_fn", None)
     if collate is None and isinstance(base, TextDataset):
         collate = collator
