@@ -60,8 +60,9 @@ from .adapters.inject import adapter_params, merge
 from .backbones import as_backbone
 from .blocks import describe_blocks
 from .cluster import reference
-from .data.inputs import check_fit_data, check_predict_data
+from .data.inputs import FittedInput, check_fit_data, check_predict_data
 from .data.loaders import make_loader, pad_batch
+from .data.photos import PhotoDataset, Photos, PhotoSpec
 from .data.text import TextCollator, TextDataset, is_texts
 from .diagnostics import warn_if_learned_nothing
 from .persistence import PretrainedMixin, save_atomically
@@ -97,6 +98,7 @@ class FineTuneMixin(PretrainedMixin):
     device = ScopedParam()
     verbose = ScopedParam()
     _predicting = ScopedParam(default=False)  # inside predict: a bar over batches
+    _source = ScopedParam(default=None)  # inside fit: the Backbone, resolved once
 
     def __init__(
         self,
@@ -301,14 +303,22 @@ class FineTuneMixin(PretrainedMixin):
 
     def _fit(self, X, y, *, reset: bool, classes=None, **fit_params):
         validate_params(self)
+        source = as_backbone(self.backbone) if reset else None
         seeds = fit_seeds(self.random_state, self.n_restarts if reset else 1)
         cuda = torch.cuda.is_available() and "cuda" in str(self._compute_device)
         with seeded(seeds[0].init, cuda=cuda):
-            with restored_on_error(self):
+            with restored_on_error(self), scoped(self, _source=source):
                 X, y, fitted = check_fit_data(
-                    self, X, y, reset=reset, regression=self._regression
+                    self,
+                    X,
+                    y,
+                    reset=reset,
+                    regression=self._regression,
+                    strings=self._strings(reset, source),
                 )
                 check_against_input(self, fitted.kind, fitted.shape)
+                if fitted.kind == "photos":
+                    fitted = self._load_photos(X, reset, source, training=True)
                 y = self._encode_targets(y, reset=reset, classes=classes)
                 if reset:
                     self.input_spec_ = fitted
@@ -335,6 +345,28 @@ class FineTuneMixin(PretrainedMixin):
         )
         warn_if_learned_nothing(self, y, 1, stacklevel=4)
         return self
+
+    def _strings(self, reset: bool, source) -> str:
+        """What strings in X are: "text" for a text backbone, else "photos"
+        (paths)."""
+        if not reset:
+            return "photos" if self.input_spec_.kind == "photos" else "text"
+        return "text" if source.tokenizer() is not None else "photos"
+
+    def _load_photos(self, photos, reset: bool, source, *, training: bool):
+        """Decode (and check) every photo before any work; return the
+        FittedInput of photos decoded so (see :mod:`sktune.data.photos`)."""
+        if reset:
+            spec = PhotoSpec.of(self.image_size, source.data_config())
+        else:
+            spec = self.input_spec_.photo_spec
+        iterator = "iterator_train" if training else "iterator_valid"
+        photos.load(
+            spec,
+            budget_mb=self.cache_size,
+            workers=self.get_params_for(iterator).get("num_workers"),
+        )
+        return FittedInput.of_photos(spec)
 
     def _on_device(self):
         """Inside, skorch reads ``device="auto"`` as the device it resolves to
@@ -374,7 +406,7 @@ class FineTuneMixin(PretrainedMixin):
                 "partial_fit instead of initialize."
             )
         built = build_network(
-            as_backbone(self.backbone),
+            self._source or as_backbone(self.backbone),
             fitted,
             n_outputs=self._n_head_outputs,
             device=self._compute_device,
@@ -508,6 +540,8 @@ class FineTuneMixin(PretrainedMixin):
             return X
         if is_texts(X) and self._collator is not None:
             return TextDataset(X, y, self._collator)
+        if isinstance(X, Photos):
+            return PhotoDataset(X, y)
         return super().get_dataset(X, y)
 
     def get_iterator(self, dataset, training=False):
@@ -571,7 +605,10 @@ class FineTuneMixin(PretrainedMixin):
         if isinstance(X, Dataset):
             # skorch's scoring callbacks predict on (validated) datasets.
             return X
-        return check_predict_data(self, X, self.input_spec_.kind)
+        X = check_predict_data(self, X, self.input_spec_.kind)
+        if isinstance(X, Photos):
+            self._load_photos(X, False, None, training=False)
+        return X
 
     def evaluation_step(self, batch, training=False):
         # Pad a short inference batch to the full batch size, so every sample
