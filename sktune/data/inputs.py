@@ -35,7 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from sklearn.utils import check_consistent_length
-from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.multiclass import check_classification_targets, is_multilabel
 from sklearn.utils.validation import check_array, validate_data
 
 from .photos import Photos, PhotoSpec, is_photo
@@ -188,8 +188,8 @@ def input_kind(X, *, strings: str = "text") -> str:
 def _is_photos(values, strings: str) -> bool:
     """A sequence (or one column) of photos: judged by its first entry, a
     path-like, a PIL image or a uint8 picture (strings only as paths)."""
-    if isinstance(values, np.ndarray) and values.ndim == 2 and values.shape[1] == 1:
-        values = values[:, 0]
+    if isinstance(values, np.ndarray) and values.ndim == 2:
+        values = values[:, 0]  # more than one column is an error, said later
     if isinstance(values, np.ndarray) and values.ndim != 1:
         return False
     first = values[0]
@@ -366,12 +366,18 @@ def _mapping(X, param: str = "X") -> dict:
     return data
 
 
+def _multi_output(y, regression: bool) -> bool:
+    """Whether ``y`` may have several columns: regression targets, or a
+    classifier's multilabel indicator matrix (a column of labels is 1-D)."""
+    return regression or is_multilabel(_to_numpy(y))
+
+
 def _check_y(estimator, y, *, regression: bool):
     y = validate_data(
         estimator,
         X="no_validation",
         y=_to_numpy(y),
-        multi_output=regression,
+        multi_output=_multi_output(y, regression),
         y_numeric=regression,
     )
     if not regression:
@@ -408,7 +414,7 @@ def check_fit_data(
             reset=reset,
             dtype=None if kind == "image" else [np.float32, np.float64],
             allow_nd=True,
-            multi_output=regression,
+            multi_output=_multi_output(y, regression),
             y_numeric=regression,
         )
         if not regression:

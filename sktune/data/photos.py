@@ -36,7 +36,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
+from torchvision.transforms.functional import pil_modes_mapping
 
 __all__ = [
     "PhotoDataset",
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 _REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxother = 60
 #: Errors listed in full before the rest are only counted.
 _MAX_LISTED = 10
 
@@ -140,7 +140,8 @@ def decode(source, spec: PhotoSpec) -> np.ndarray:
     A path is opened with Pillow, reduced while decoding where the format
     allows it (JPEG's DCT scaling through ``Image.draft``), turned upright
     by its EXIF orientation and converted to RGB or gray; then resized to
-    cover ``size / crop_pct`` (antialiased) and centre-cropped to ``size``.
+    cover ``size / crop_pct`` (Pillow's antialiased filters, as
+    torchvision's ``Resize`` on PIL images) and centre-cropped to ``size``.
 
     Raises
     ------
@@ -148,7 +149,7 @@ def decode(source, spec: PhotoSpec) -> np.ndarray:
         For a file that is missing, not an image, or truncated.
     """
     height, width = spec.size
-    cover = (height / spec.crop_pct, width / spec.crop_pct)
+    cover = (math.floor(height / spec.crop_pct), math.floor(width / spec.crop_pct))
     if isinstance(source, np.ndarray):
         gray = source.ndim == 3 and source.shape[2] == 1
         image = Image.fromarray(source[..., 0] if gray else source)
@@ -164,16 +165,25 @@ def decode(source, spec: PhotoSpec) -> np.ndarray:
                 (math.ceil(image.width * scale), math.ceil(image.height * scale)),
             )
     image = _converted(ImageOps.exif_transpose(image), spec.channels)
-    scale = max(cover[0] / image.height, cover[1] / image.width)
-    resized = [
-        max(height, round(image.height * scale)),
-        max(width, round(image.width * scale)),
-    ]
-    mode = InterpolationMode(spec.interpolation)
-    image = TF.resize(image, resized, interpolation=mode, antialias=True)
-    image = TF.center_crop(image, [height, width])
+    # Resize, then centre crop: computed as one resize of the region the
+    # crop keeps (Pillow's ``box``), the same pixels at half the work.
+    resized = _covering(image.height, image.width, cover)
+    top = round((resized[0] - height) / 2.0)  # as torchvision's center_crop
+    left = round((resized[1] - width) / 2.0)
+    sy, sx = image.height / resized[0], image.width / resized[1]
+    box = (left * sx, top * sy, (left + width) * sx, (top + height) * sy)
+    mode = pil_modes_mapping[InterpolationMode(spec.interpolation)]
+    image = image.resize((width, height), mode, box=box)
     pixels = np.array(image, dtype=np.uint8)  # writable: torch takes it as is
     return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+def _covering(h: int, w: int, cover: tuple[int, int]) -> list[int]:
+    """The size ``h x w`` scales to so that it just covers ``cover``: the
+    binding side exactly, the other truncated (torchvision's ``Resize``)."""
+    if cover[0] * w >= cover[1] * h:
+        return [cover[0], max(cover[1], int(w * cover[0] / h))]
+    return [max(cover[0], int(h * cover[1] / w)), cover[1]]
 
 
 def _upright_size(image: Image.Image) -> tuple[int, int]:
@@ -325,14 +335,22 @@ class Photos:
 
     def _bad_files(self, errors, param: str) -> str:
         listed = "; ".join(
-            f"{param}[{i}] {_REPR.repr(_shown(self.sources[i]))}: {reason}"
+            f"{param}[{i}] {_shown(self.sources[i])}: {reason}"
             for i, reason in errors[:_MAX_LISTED]
         )
         more = len(errors) - _MAX_LISTED
         tail = f"; and {more} more" if more > 0 else ""
+        hint = ""
+        if all(reason == "no such file" for _, reason in errors) and all(
+            isinstance(s, str) for s in self.sources
+        ):
+            hint = (
+                " (strings are paths of photos for a backbone without a tokenizer; "
+                "texts need a Hugging Face text backbone)"
+            )
         return (
             f"{len(errors)} of {len(self)} photos cannot be read: {listed}{tail}. "
-            "Fix or remove them; nothing was trained or changed."
+            f"Fix or remove them; nothing was trained or changed{hint}."
         )
 
     def __getitem__(self, i) -> torch.Tensor:
@@ -347,12 +365,13 @@ class Photos:
         return [_digest(source) for source in self.sources]
 
 
-def _shown(source):
+def _shown(source) -> str:
+    """A source as errors name it: a path in full, in quotes."""
     if isinstance(source, Image.Image):
         return f"<PIL image {source.mode} {source.width}x{source.height}>"
     if isinstance(source, np.ndarray):
         return f"<uint8 array {'x'.join(map(str, source.shape))}>"
-    return os.fspath(source)
+    return repr(os.fspath(source))
 
 
 def _digest(source) -> bytes:
