@@ -95,18 +95,26 @@ def test_predictions_and_embed_take_the_unaugmented_path():
     )
 
 
-def test_a_callable_is_called_on_training_batches_only():
+@pytest.mark.parametrize("freeze", [None, "all"])
+def test_a_callable_is_called_on_training_batches_only(freeze):
     calls = []
 
     def record(batch):
         calls.append((batch.dtype, tuple(batch.shape)))
         return batch
 
-    clf = fit(record, max_epochs=2, batch_size=8)
+    # A frozen backbone runs in eval mode; the preprocessing still trains.
+    clf = fit(record, freeze=freeze, max_epochs=2, batch_size=8)
     assert calls == [(torch.uint8, (8, 1, 16, 16))] * 6  # 3 batches, 2 epochs
     clf.predict(X)
     clf.embed(X)
     assert len(calls) == 6
+    # Set on a fitted estimator, the new value trains the next partial_fit.
+    calls.clear()
+    clf.set_params(augment=None).partial_fit(X, Y)
+    assert calls == []
+    clf.set_params(augment=record, max_epochs=1).partial_fit(X, Y)
+    assert len(calls) == 3
 
 
 # -- per image, seeded ---------------------------------------------------------------
