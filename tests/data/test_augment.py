@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from helpers import TinyCNN, tiny_cnn
+from helpers import TinyCNN, text_backbone, tiny_cnn
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 from torchvision.transforms import v2
@@ -224,6 +224,17 @@ def test_augment_on_other_input_is_refused(X_bad, kind):
         rf"{kind} data; use augment=None",
     ):
         clf.fit(X_bad, Y)
+    assert not hasattr(clf, "module_")
+
+
+def test_augment_on_texts_is_refused():
+    clf = FineTuneClassifier(text_backbone(), augment="strong")
+    with pytest.raises(
+        InvalidParameterError,
+        match=r"augment='strong' augments uint8 images \(N x H x W x C\), but X "
+        r"holds text data; use augment=None",
+    ):
+        clf.fit(["good food", "bad food"] * 12, Y)
     assert not hasattr(clf, "module_")
 
 
