@@ -6,7 +6,8 @@ work to collaborators, in the order of a fit:
 
 - parameters and their validation: :mod:`sktune._params`; seeds:
   :mod:`sktune._random`;
-- input checks and target encoding: :mod:`sktune.data.inputs`;
+- input checks and target encoding: :mod:`sktune.data.inputs`; sample and
+  class weights: :mod:`sktune.data.weights`;
 - the network, its blocks, freeze plans and caches: :mod:`sktune._builder`;
 - the learning rates: :mod:`sktune.schedules`;
 - the freeze stages, the split they share and what each trains on (the
@@ -22,7 +23,9 @@ network; ``get_all_learnable_params`` and ``get_params_for_optimizer`` give
 frozen parameters no optimizer state and each block its rate;
 ``fit_loop``, ``get_split_datasets`` and ``on_epoch_begin`` run the stages
 on one split, each epoch reseeded; ``get_dataset`` and ``get_iterator``
-bring texts and cached rows their batching; ``train_step_single`` and
+bring texts and cached rows their batching, and the batches of a weighted
+fit their sample weights, which ``infer`` takes out and ``get_loss``
+weighs the loss with (:mod:`sktune.data.weights`); ``train_step_single`` and
 ``_step_optimizer`` go through the step guard; ``evaluation_step`` pads
 short batches; ``save_params`` writes atomically. ``set_params``,
 ``__setattr__``, ``__sklearn_clone__``, ``__deepcopy__`` and the pickling
@@ -46,6 +49,7 @@ from torch.utils.data import Dataset
 
 from ._builder import build_network
 from ._params import (
+    CONSTRAINTS,
     NETWORK_PARAMS,
     check_against_input,
     estimator_repr,
@@ -64,6 +68,14 @@ from .data.inputs import FittedInput, check_fit_data, check_predict_data
 from .data.loaders import make_loader, pad_batch
 from .data.photos import PhotoDataset, Photos, PhotoSpec
 from .data.text import TextCollator, TextDataset, is_texts
+from .data.weights import (
+    WeightedDataset,
+    fit_weights,
+    split_weights,
+    unreduced,
+    weighted_base,
+    weighted_loss,
+)
 from .diagnostics import warn_if_learned_nothing
 from .persistence import PretrainedMixin, save_atomically
 from .progress import bar, default_callbacks, fit_summary, shows_bar
@@ -99,6 +111,9 @@ class FineTuneMixin(PretrainedMixin):
     verbose = ScopedParam()
     _predicting = ScopedParam(default=False)  # inside predict: a bar over batches
     _source = ScopedParam(default=None)  # inside fit: the Backbone, resolved once
+    # Inside a weighted fit: each sample's weight (sktune.data.weights),
+    # never stored on the estimator (a fitted model holds no training data).
+    _fit_weights = ScopedParam(default=None)
 
     def __init__(
         self,
@@ -252,11 +267,21 @@ class FineTuneMixin(PretrainedMixin):
 
     # -- fitting ------------------------------------------------------------
 
+    # What each parameter accepts (checked at the start of fit).
+    _constraints = CONSTRAINTS
+    # Whether the targets are a multilabel indicator matrix (a classifier's).
+    _multilabel = False
+
     def _encode_targets(self, y, *, reset: bool, classes=None):
         """Convert checked targets for the loss; size the head on reset."""
         raise NotImplementedError
 
-    def fit(self, X, y, **fit_params):
+    def _sample_weights(self, y, sample_weight):
+        """Each sample's weight in the loss of a fit on encoded ``y``,
+        normalized to mean 1; None where all weigh the same."""
+        return fit_weights(sample_weight, len(y))
+
+    def fit(self, X, y, sample_weight=None, **fit_params):
         """Fit the head (and the unfrozen backbone) on ``X, y``.
 
         Every fit starts from the pristine pretrained weights, unless
@@ -271,7 +296,15 @@ class FineTuneMixin(PretrainedMixin):
             or text pairs (Hugging Face backbones; empty texts are texts), or
             a mapping of tokenized inputs.
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
-            Class labels, or regression targets.
+            Class labels, a multilabel indicator matrix (classifier: 0/1,
+            one column per label), or regression targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Each sample's weight in the loss: each batch's loss is the mean
+            of ``weight * loss`` over its samples (the validation loss too).
+            The weights (times ``class_weight``'s) are scaled to average 1
+            over ``X``, so their scale does not change the learning rate.
+            Non-negative; a weight of 0 leaves a sample out. Routed by
+            ``Pipeline`` and ``GridSearchCV`` (``set_fit_request``).
         **fit_params
             Passed on to skorch (and on to the train split).
 
@@ -280,9 +313,16 @@ class FineTuneMixin(PretrainedMixin):
         self
         """
         warm = bool(self.warm_start) and getattr(self, "initialized_", False)
-        return self._fit(X, y, reset=not warm, _routing_method="fit", **fit_params)
+        return self._fit(
+            X,
+            y,
+            reset=not warm,
+            sample_weight=sample_weight,
+            _routing_method="fit",
+            **fit_params,
+        )
 
-    def partial_fit(self, X, y, classes=None, **fit_params):
+    def partial_fit(self, X, y, classes=None, sample_weight=None, **fit_params):
         """Train for ``max_epochs`` more epochs, initializing on the first call.
 
         Parameters
@@ -291,6 +331,8 @@ class FineTuneMixin(PretrainedMixin):
             As in :meth:`fit`.
         classes : array-like, optional
             All class labels, for a first call on data that lacks some.
+        sample_weight : array-like of shape (n_samples,), default=None
+            As in :meth:`fit`, scaled to average 1 over this call's ``X``.
         **fit_params
             Passed on to skorch.
 
@@ -299,9 +341,18 @@ class FineTuneMixin(PretrainedMixin):
         self
         """
         reset = not getattr(self, "initialized_", False)
-        return self._fit(X, y, reset=reset, classes=classes, **fit_params)
+        return self._fit(
+            X,
+            y,
+            reset=reset,
+            classes=classes,
+            sample_weight=sample_weight,
+            **fit_params,
+        )
 
-    def _fit(self, X, y, *, reset: bool, classes=None, **fit_params):
+    def _fit(
+        self, X, y, *, reset: bool, classes=None, sample_weight=None, **fit_params
+    ):
         validate_params(self)
         source = as_backbone(self.backbone) if reset else None
         seeds = fit_seeds(self.random_state, self.n_restarts if reset else 1)
@@ -320,6 +371,7 @@ class FineTuneMixin(PretrainedMixin):
                 if fitted.kind == "photos":
                     fitted = self._load_photos(X, reset, source, training=True)
                 y = self._encode_targets(y, reset=reset, classes=classes)
+                weights = self._sample_weights(y, sample_weight)
                 if reset:
                     self.input_spec_ = fitted
                     self._seeds = seeds[0]
@@ -329,8 +381,11 @@ class FineTuneMixin(PretrainedMixin):
                     self._seeds = seeds[0]
             if len(seeds) == 1:
                 first_epoch = len(self.history_) + 1
-                super().partial_fit(X, y, **fit_params)
-                warn_if_learned_nothing(self, y, first_epoch, stacklevel=4)
+                with self._weighted(weights):
+                    super().partial_fit(X, y, **fit_params)
+                warn_if_learned_nothing(
+                    self, y, first_epoch, stacklevel=4, sample_weight=weights
+                )
                 return self
         fit_restarts(
             self,
@@ -342,9 +397,15 @@ class FineTuneMixin(PretrainedMixin):
             ),
             lambda X_, y_, epochs: self._resume(X_, y_, epochs, **fit_params),
             cuda,
+            sample_weight=weights,
         )
-        warn_if_learned_nothing(self, y, 1, stacklevel=4)
+        warn_if_learned_nothing(self, y, 1, stacklevel=4, sample_weight=weights)
         return self
+
+    def _weighted(self, weights):
+        """Inside, skorch's loop trains on data weighted by ``weights`` (one
+        per sample of the X and y it is given; None: unweighted)."""
+        return scoped(self, _fit_weights=weights)
 
     def _strings(self, reset: bool, source) -> str:
         """What strings in X are: "text" for a text backbone, else "photos"
@@ -536,6 +597,16 @@ class FineTuneMixin(PretrainedMixin):
         self.history_.record("frozen_blocks", self._fit_stages.frozen_at(epoch))
 
     def get_dataset(self, X, y=None):
+        """The dataset of ``X`` (texts, photos, cached rows or skorch's own);
+        inside a weighted fit, the fit data's batches carry their weights
+        (:class:`~sktune.data.weights.WeightedDataset`)."""
+        dataset = self._dataset(X, y)
+        weights = self._fit_weights
+        if weights is None or y is None:
+            return dataset
+        return WeightedDataset(dataset, weights)
+
+    def _dataset(self, X, y=None):
         if isinstance(X, Dataset):
             return X
         if is_texts(X) and self._collator is not None:
@@ -550,10 +621,14 @@ class FineTuneMixin(PretrainedMixin):
     def _loader(self, dataset, *, training: bool):
         """The DataLoader of ``dataset`` (see :mod:`sktune.data.loaders`)."""
         name = "iterator_train" if training else "iterator_valid"
+        kwargs = {"batch_size": self.batch_size, **self.get_params_for(name)}
+        weighted = weighted_base(dataset)
+        if weighted is not None:  # a custom collate_fn makes weighted batches too
+            kwargs["collate_fn"] = weighted.collate_with(kwargs.get("collate_fn"))
         return make_loader(
             dataset,
             iterator=getattr(self, name),
-            kwargs={"batch_size": self.batch_size, **self.get_params_for(name)},
+            kwargs=kwargs,
             training=training,
             group_by_length=self.group_by_length,
             collator=self._collator,
@@ -566,12 +641,20 @@ class FineTuneMixin(PretrainedMixin):
         return loader
 
     def infer(self, x, **fit_params):
+        x, _ = split_weights(x)  # the network never sees sample weights
         with self._on_device():  # skorch moves the batch to self.device
             return super().infer(x, **fit_params)
 
-    def get_loss(self, y_pred, y_true, *args, **kwargs):
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        """skorch's loss; for a batch that carries sample weights, the mean
+        of ``weight * loss`` over its samples."""
+        _, weights = split_weights(X)
         with self._on_device():  # skorch moves the targets to self.device
-            return super().get_loss(y_pred, y_true, *args, **kwargs)
+            if weights is None:
+                return super().get_loss(y_pred, y_true, X=X, training=training)
+            with unreduced(self.criterion_) as reduction:
+                losses = super().get_loss(y_pred, y_true, X=X, training=training)
+            return weighted_loss(losses, weights, reduction)
 
     def train_step_single(self, batch, **fit_params):
         # skorch's, through the step guard: the loss scaled for float16 (or

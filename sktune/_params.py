@@ -40,12 +40,14 @@ from .data.augment import (
     is_augment,
 )
 from .data.images import IMAGE_SIZE_ACCEPTED, is_image_size
+from .data.weights import CLASS_WEIGHT_ACCEPTED, is_class_weight
 from .freeze import FREEZE_ACCEPTED, is_policy
 from .heads import HEAD_ACCEPTED, POOLINGS, head_hint, is_head
 from .runtime import PRECISIONS
 from .schedules import LR_SCHEDULE_ACCEPTED, is_lr_schedule
 
 __all__ = [
+    "CLASSIFIER_CONSTRAINTS",
     "CONSTRAINTS",
     "Constraint",
     "InvalidParameterError",
@@ -104,6 +106,11 @@ CONSTRAINTS: dict[str, Constraint] = {
     "restart_epochs": Constraint("a positive int", lambda v: is_int(v, 1)),
 }
 
+#: The classifier's own parameters' constraints (with :data:`CONSTRAINTS`).
+CLASSIFIER_CONSTRAINTS: dict[str, Constraint] = {
+    "class_weight": Constraint(CLASS_WEIGHT_ACCEPTED, is_class_weight),
+}
+
 #: The parameters the network is built from (:func:`sktune._builder.build_network`).
 NETWORK_PARAMS = (
     "freeze",
@@ -120,7 +127,8 @@ NETWORK_PARAMS = (
 
 
 def validate_params(estimator) -> None:
-    """Check every shared parameter of ``estimator`` (at the start of ``fit``).
+    """Check every parameter of ``estimator`` (at the start of ``fit``): the
+    shared ones and its own (``estimator._constraints``).
 
     Raises
     ------
@@ -129,7 +137,7 @@ def validate_params(estimator) -> None:
     ImportError
         When ``group_by_length=True`` and transformers is not installed.
     """
-    for name, constraint in CONSTRAINTS.items():
+    for name, constraint in estimator._constraints.items():
         constraint.check(name, getattr(estimator, name))
     for name in ("freeze", "adapter", "lr_schedule"):
         value = getattr(estimator, name)

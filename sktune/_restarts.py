@@ -25,7 +25,9 @@ __all__ = ["encoded_score", "fit_restarts"]
 HOLDOUT = 0.2
 
 
-def fit_restarts(estimator, X, y, seeds, train, resume, cuda: bool) -> None:
+def fit_restarts(
+    estimator, X, y, seeds, train, resume, cuda: bool, sample_weight=None
+) -> None:
     """Run the restarts of a fresh fit of ``estimator`` (initialized).
 
     Parameters
@@ -41,16 +43,23 @@ def fit_restarts(estimator, X, y, seeds, train, resume, cuda: bool) -> None:
         ``resume(X, y, epochs)``: more epochs of the same training session.
     cuda : bool
         Whether to fork the CUDA generators too.
+    sample_weight : ndarray of shape (n_samples,), optional
+        The fit's normalized sample weights: they weigh the training of each
+        restart and the score on the internal split.
 
     Sets ``restarts_`` (each restart's seeds and validation score) and
-    ``best_restart_``. Without a ``train_split``, a stratified (classifiers)
-    internal split of 20% chooses, and the best restart continues on all of
-    the data; with one, the last epoch's validation score does.
+    ``best_restart_``. Without a ``train_split``, a stratified (classifiers
+    with 1-D labels) internal split of 20% chooses, and the best restart
+    continues on all of the data; with one, the last epoch's validation
+    score does.
     """
     internal = estimator.train_split is None
+    w_fit = w_valid = sample_weight
     if internal:
         train_idx, valid_idx = _holdout(y, estimator._regression, seeds[0].data)
         X_fit, y_fit = _take(X, train_idx), y[train_idx]
+        if sample_weight is not None:
+            w_fit, w_valid = sample_weight[train_idx], sample_weight[valid_idx]
     else:
         X_fit, y_fit = X, y
     results, best = [], None
@@ -59,9 +68,12 @@ def fit_restarts(estimator, X, y, seeds, train, resume, cuda: bool) -> None:
             estimator._seeds = run_seeds
             if run:
                 estimator.initialize()  # fresh pristine copy, head by this seed
-            train(X_fit, y_fit, estimator.restart_epochs)
+            with estimator._weighted(w_fit):
+                train(X_fit, y_fit, estimator.restart_epochs)
         if internal:
-            score = encoded_score(estimator, _take(X, valid_idx), y[valid_idx])
+            score = encoded_score(
+                estimator, _take(X, valid_idx), y[valid_idx], sample_weight=w_valid
+            )
         else:
             score = _history_score(estimator)
         results.append(
@@ -78,14 +90,16 @@ def fit_restarts(estimator, X, y, seeds, train, resume, cuda: bool) -> None:
     estimator.best_restart_ = run
     remaining = estimator.max_epochs - estimator.restart_epochs
     if remaining > 0:
-        with seeded(seeds[run].init, cuda=cuda):
+        with seeded(seeds[run].init, cuda=cuda), estimator._weighted(sample_weight):
             resume(X, y, remaining)
 
 
 def _holdout(y, regression: bool, seed) -> tuple[np.ndarray, np.ndarray]:
     indices = np.arange(len(y))
     stratify = None
-    if not regression:
+    # Multilabel targets (2-D) are split unstratified: stratifying on each
+    # row's combination of labels fails wherever a combination is unique.
+    if not regression and np.ndim(y) == 1:
         _, counts = np.unique(y, return_counts=True)
         stratify = y if counts.min() >= 2 else None
     return train_test_split(
@@ -96,16 +110,29 @@ def _holdout(y, regression: bool, seed) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def encoded_score(estimator, X, y) -> float:
-    """Accuracy (classifiers) or R² (regressors) on encoded targets: class
-    indices into ``classes_``, or targets in the network's shape.
+def encoded_score(estimator, X, y, sample_weight=None) -> float:
+    """Accuracy (classifiers; subset accuracy for multilabel targets) or R²
+    (regressors) on encoded targets: class indices into ``classes_``, a 0/1
+    indicator matrix, or targets in the network's shape.
 
     Also the classifier's ``valid_acc`` (an ``EpochScoring`` scorer).
+    ``sample_weight`` weighs the samples (where some weight is positive).
     """
     out = estimator._forward_numpy(X)
+    if sample_weight is not None and not np.any(sample_weight):
+        sample_weight = None
     if estimator._regression:
-        return float(r2_score(np.asarray(y), out.reshape(np.shape(y))))
-    return float(np.mean(out.argmax(axis=1) == to_numpy(np.asarray(y))))
+        return float(
+            r2_score(
+                np.asarray(y), out.reshape(np.shape(y)), sample_weight=sample_weight
+            )
+        )
+    y = to_numpy(np.asarray(y))
+    if y.ndim == 2:  # multilabel: every label of a sample right
+        correct = np.all((out > 0.5) == (y > 0.5), axis=1)
+    else:
+        correct = out.argmax(axis=1) == y
+    return float(np.average(correct, weights=sample_weight))
 
 
 def _history_score(estimator) -> float:

@@ -3,7 +3,8 @@
 A fit whose rates are far too low (the head barely moves, the backbone not
 at all) or far too high (a pretrained network destroyed in its first steps)
 ends with a loss no better than always predicting the class prior, or the
-mean target. Nothing else tells the user: the loss curve is flat and
+mean target (or each label's frequency, for multilabel targets), weighted
+as the fit's loss is. Nothing else tells the user: the loss curve is flat and
 ``predict`` returns near-constant labels. :func:`learning_report` compares
 each stage of a fit (a run of epochs with the same frozen blocks) with that
 constant predictor; the estimator warns once per fit, with scikit-learn's
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
+from .data.weights import with_weights
 from .schedules import format_rates
 
 __all__ = [
@@ -55,21 +57,43 @@ class StageLoss:
     last_train: float
 
 
-def constant_loss(get_loss, y, *, regression: bool, n_outputs: int, device) -> float:
+def constant_loss(
+    get_loss,
+    y,
+    *,
+    regression: bool,
+    n_outputs: int,
+    device,
+    multilabel: bool = False,
+    sample_weight=None,
+) -> float:
     """The loss of the best constant prediction of encoded targets ``y``.
 
     Classifiers: logits of the class prior (every class counted from 1e-12,
-    so classes absent from ``y`` cost no infinity). Regressors: the mean of
-    each target. ``get_loss(y_pred, y_true)`` is the estimator's own loss.
+    so classes absent from ``y`` cost no infinity); multilabel classifiers:
+    the logit of each label's frequency (clipped to [1e-12, 1 - 1e-12]).
+    Regressors: the mean of each target. With ``sample_weight``, the prior
+    and the mean are weighted: the best constant under the weighted loss.
+    ``get_loss(y_pred, y_true)`` is the estimator's own loss (weighted by
+    the same weights, where there are some).
     """
-    if regression:
-        y_true = torch.as_tensor(np.asarray(y, dtype=np.float32), device=device)
-        y_pred = y_true.mean(dim=0, keepdim=True).expand_as(y_true)
+    w = None if sample_weight is None else np.asarray(sample_weight, np.float64)
+    if regression or multilabel:
+        targets = np.asarray(y, dtype=np.float32)
+        mean = np.average(targets, axis=0, weights=w)
+        if multilabel:
+            p = np.clip(mean, 1e-12, 1 - 1e-12)
+            mean = np.log(p) - np.log1p(-p)
+        y_true = torch.as_tensor(targets, device=device)
+        y_pred = torch.as_tensor(mean, dtype=torch.float32, device=device)
+        y_pred = y_pred.reshape(1, *y_true.shape[1:]).expand_as(y_true)
     else:
-        y_true = torch.as_tensor(np.asarray(y, dtype=np.int64), device=device)
-        counts = torch.bincount(y_true, minlength=n_outputs).double()
-        prior = (counts / counts.sum()).clamp_min(1e-12)
-        y_pred = prior.log().float().expand(len(y_true), n_outputs)
+        labels = np.asarray(y, dtype=np.int64)
+        counts = np.bincount(labels, weights=w, minlength=n_outputs)
+        prior = np.clip(counts / counts.sum(), 1e-12, None)
+        y_true = torch.as_tensor(labels, device=device)
+        y_pred = torch.as_tensor(np.log(prior), dtype=torch.float32, device=device)
+        y_pred = y_pred.expand(len(labels), n_outputs)
     with torch.no_grad():
         return float(get_loss(y_pred, y_true))
 
@@ -199,23 +223,33 @@ def learning_report(
     )
 
 
-def warn_if_learned_nothing(net, y, first_epoch: int, *, stacklevel: int) -> None:
+def warn_if_learned_nothing(
+    net, y, first_epoch: int, *, stacklevel: int, sample_weight=None
+) -> None:
     """One ``ConvergenceWarning`` when ``net``'s fit, from ``first_epoch`` on,
     ended no better than a constant prediction of ``y``.
 
     ``stacklevel`` as :func:`warnings.warn`'s, counted from this function:
-    the frame of the user's ``fit`` call.
+    the frame of the user's ``fit`` call. ``sample_weight``: the fit's
+    normalized weights, which its losses were weighted by.
     """
     stages = stage_losses(net.history_, first_epoch)
     if not stages or y is None:
         return
+    weights = None
+    if sample_weight is not None:
+        weights = with_weights(None, torch.as_tensor(sample_weight))
     try:
         baseline = constant_loss(
-            lambda y_pred, y_true: net.get_loss(y_pred, y_true, training=False),
+            lambda y_pred, y_true: net.get_loss(
+                y_pred, y_true, X=weights, training=False
+            ),
             y,
             regression=net._regression,
             n_outputs=net._n_head_outputs,
             device=net.device_,
+            multilabel=net._multilabel,
+            sample_weight=sample_weight,
         )
     except (RuntimeError, ValueError, TypeError):
         return  # a criterion that takes no constant prediction: no check
@@ -225,7 +259,13 @@ def warn_if_learned_nothing(net, y, first_epoch: int, *, stacklevel: int) -> Non
         stages,
         baseline,
         name=type(net).__name__,
-        what="the mean target" if net._regression else "the class prior",
+        what=(
+            "the mean target"
+            if net._regression
+            else "each label's frequency"
+            if net._multilabel
+            else "the class prior"
+        ),
         rates=format_rates(rates),
         lr=float(net.get_params_for("optimizer").get("lr", net.lr)),
         backbone_lr=None if rates["top"] is None else rates["top"][1],

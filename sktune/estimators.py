@@ -5,14 +5,19 @@ from __future__ import annotations
 import inspect
 
 import numpy as np
+import scipy.sparse as sp
+import torch
 from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import type_of_target
 from skorch import NeuralNetClassifier, NeuralNetRegressor
 from skorch.callbacks import EpochScoring
 from torch import nn
 
 from ._base import FineTuneMixin
+from ._params import CLASSIFIER_CONSTRAINTS, CONSTRAINTS
 from ._restarts import encoded_score
 from .data.inputs import encode_labels
+from .data.weights import class_weights, fit_weights
 
 __all__ = ["FineTuneClassifier", "FineTuneRegressor"]
 
@@ -122,7 +127,7 @@ _COMMON_PARAMS = """
         ``cache_dtype`` says otherwise. Fast on GPUs with tensor cores; on a
         CPU it works, but slowly.
     criterion : torch criterion class, default={criterion}
-    optimizer : torch optimizer class, default=torch.optim.AdamW
+{criterion_doc}    optimizer : torch optimizer class, default=torch.optim.AdamW
     lr : float, default=1e-3
         The learning rate of the head, and the most the backbone trains at
         under ``backbone_lr="auto"`` (backbone parameters outside every block
@@ -216,16 +221,53 @@ _COMMON_ATTRIBUTES = """
 """
 
 
-def _signature(**defaults) -> inspect.Signature:
+def _signature(own: dict | None = None, **defaults) -> inspect.Signature:
     """The shared constructor signature (``FineTuneMixin.__init__``) with
-    this estimator's defaults: one definition, two estimators."""
-    signature = inspect.signature(FineTuneMixin.__init__)
-    return signature.replace(
-        parameters=[
+    this estimator's defaults, and its ``own`` keyword parameters (name:
+    default) after ``criterion``: one definition, two estimators."""
+    parameters = []
+    for p in inspect.signature(FineTuneMixin.__init__).parameters.values():
+        parameters.append(
             p.replace(default=defaults[p.name]) if p.name in defaults else p
-            for p in signature.parameters.values()
-        ]
-    )
+        )
+        if p.name == "criterion":
+            parameters += [
+                inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=value)
+                for name, value in (own or {}).items()
+            ]
+    return inspect.signature(FineTuneMixin.__init__).replace(parameters=parameters)
+
+
+_CLASS_WEIGHT_DOC = """        Multilabel targets (a 0/1 indicator matrix ``y``) switch the default
+        to ``torch.nn.BCEWithLogitsLoss``, one sigmoid output per label; a
+        criterion passed explicitly is kept.
+    class_weight : None, "balanced" or dict, default=None
+        Weights of the classes in the loss, scikit-learn's meaning: a dict
+        ``{class label: weight}`` (classes left out weigh 1; a key that is
+        not a class is an error), or "balanced": ``n_samples / (n_classes *
+        np.bincount(y))`` over the classes in ``y``, so that a rare class
+        counts as much as a common one. Multiplied with ``fit``'s
+        ``sample_weight``; see :meth:`fit` for how the weights enter the
+        loss. Not for multilabel targets (pass ``sample_weight``, or
+        ``criterion__pos_weight`` for a positive weight per label).
+"""
+
+
+#: scikit-learn's estimator checks that these estimators fail, with the
+#: reason: the way scikit-learn declares them for its SGD estimators
+#: (``sklearn.utils._test_common.instance_generator``), for
+#: ``parametrize_with_checks(..., expected_failed_checks=...)``.
+EXPECTED_FAILED_CHECKS = {
+    "check_sample_weight_equivalence_on_dense_data": (
+        "sample_weight is not equivalent to removing/repeating samples: "
+        "mini-batch training puts a repeated sample into several batch slots "
+        "and a weighted one into one, so the batches differ, and float32 sums "
+        "round differently even in one full batch (batch_size=-1 gives equal "
+        "models to rounding: tests/test_weights.py)."
+    ),
+}
+
+_TARGETS = {True: "a multilabel indicator matrix", False: "1-D class labels"}
 
 
 class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
@@ -235,11 +277,23 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
     The head outputs logits and is trained with cross-entropy;
     ``predict_proba`` applies the softmax and ``predict`` returns the original
     labels (ints, strings, bools).
+
+    A multilabel target, a 0/1 indicator matrix ``y`` of shape ``(n_samples,
+    n_labels)`` (``MultiLabelBinarizer`` makes one), is handled as
+    scikit-learn's ``MLPClassifier`` handles it: one output per label,
+    trained with binary cross-entropy (``BCEWithLogitsLoss``); ``predict_proba``
+    returns each label's sigmoid probability (n_samples x n_labels),
+    ``predict`` the indicator matrix (probability above 0.5), ``score`` and
+    ``valid_acc`` the subset accuracy, and ``classes_`` is
+    ``np.arange(n_labels)``.
 """
-        + _COMMON_PARAMS.format(criterion="torch.nn.CrossEntropyLoss")
+        + _COMMON_PARAMS.format(
+            criterion="torch.nn.CrossEntropyLoss", criterion_doc=_CLASS_WEIGHT_DOC
+        )
         + _COMMON_ATTRIBUTES
         + """    classes_ : ndarray
-        The class labels, in the order of ``predict_proba``'s columns.
+        The class labels, in the order of ``predict_proba``'s columns
+        (multilabel: the label columns, ``np.arange(n_labels)``).
 
     Examples
     --------
@@ -254,10 +308,22 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
 """
     )
 
-    def __init__(self, backbone, *, criterion=nn.CrossEntropyLoss, **kwargs):
+    def __init__(
+        self, backbone, *, criterion=nn.CrossEntropyLoss, class_weight=None, **kwargs
+    ):
         super().__init__(backbone, criterion=criterion, **kwargs)
+        self.class_weight = class_weight
 
-    __init__.__signature__ = _signature(criterion=nn.CrossEntropyLoss)
+    __init__.__signature__ = _signature(
+        {"class_weight": None}, criterion=nn.CrossEntropyLoss
+    )
+
+    _constraints = {**CONSTRAINTS, **CLASSIFIER_CONSTRAINTS}
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
 
     @property
     def _default_callbacks(self):
@@ -276,6 +342,16 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
     _regression = False
 
     def _encode_targets(self, y, *, reset, classes=None):
+        multilabel = type_of_target(y) == "multilabel-indicator"
+        if reset:
+            self._multilabel = multilabel
+        elif multilabel != self._multilabel:
+            raise ValueError(
+                f"y is {_TARGETS[multilabel]}, but {type(self).__name__} was fitted "
+                f"on {_TARGETS[self._multilabel]}."
+            )
+        if multilabel:
+            return self._encode_indicator(y, reset=reset, classes=classes)
         if reset:
             if classes is None:
                 classes = np.unique(y) if self.classes is None else self.classes
@@ -290,6 +366,53 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
             self._n_head_outputs = len(classes)
         return encode_labels(y, self.classes_)
 
+    def _encode_indicator(self, y, *, reset, classes=None):
+        """A multilabel indicator matrix as float targets of the sigmoid outputs."""
+        y = y.toarray() if sp.issparse(y) else np.asarray(y)
+        n_labels = y.shape[1]
+        for name, given in (
+            ("classes", self.classes),
+            ("partial_fit's classes", classes),
+        ):
+            if given is not None and list(np.asarray(given)) != list(range(n_labels)):
+                raise ValueError(
+                    f"{name}={given!r} names class labels, but y is a multilabel "
+                    f"indicator matrix with {n_labels} label columns, whose classes "
+                    f"are their indices (np.arange({n_labels})); leave it None."
+                )
+        if reset:
+            self.classes_inferred_ = np.arange(n_labels)
+            self._n_head_outputs = n_labels
+        elif n_labels != self._n_head_outputs:
+            raise ValueError(
+                f"y has {n_labels} label columns, but {type(self).__name__} was "
+                f"fitted with {self._n_head_outputs}."
+            )
+        return y.astype(np.float32)
+
+    def _sample_weights(self, y, sample_weight):
+        weights = class_weights(
+            self.class_weight, y, self.classes_, multilabel=self._multilabel
+        )
+        return fit_weights(sample_weight, len(y), weights)
+
+    def initialize_criterion(self):
+        """skorch's, with ``BCEWithLogitsLoss`` for multilabel targets where
+        ``criterion`` was left at its default."""
+        if not (self._multilabel and self.criterion is nn.CrossEntropyLoss):
+            return super().initialize_criterion()
+        kwargs = self.get_params_for("criterion")
+        self.criterion_ = self.initialized_instance(nn.BCEWithLogitsLoss, kwargs)
+        return self
+
+    def _get_predict_nonlinearity(self):
+        # skorch's "auto" takes BCEWithLogitsLoss for a binary net with one
+        # output; a multilabel head has one sigmoid output per label.
+        if self._multilabel and self.predict_nonlinearity == "auto":
+            self.check_is_fitted()
+            return torch.sigmoid
+        return super()._get_predict_nonlinearity()
+
     def predict_proba(self, X):
         """Class probabilities, one column per entry of ``classes_``.
 
@@ -301,6 +424,8 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
         Returns
         -------
         ndarray of shape (n_samples, n_classes)
+            Rows sum to 1; for multilabel targets, each label's probability
+            (n_samples x n_labels), independent of the others.
         """
         return self._forward_numpy(self._check_predict_X(X))
 
@@ -314,10 +439,13 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
 
         Returns
         -------
-        ndarray of shape (n_samples,)
-            Labels from ``classes_``.
+        ndarray of shape (n_samples,) or (n_samples, n_labels)
+            Labels from ``classes_``; for multilabel targets the 0/1
+            indicator matrix of the labels with probability above 0.5.
         """
         proba = self.predict_proba(X)
+        if self._multilabel:
+            return (proba > 0.5).astype(int)
         return self.classes_[proba.argmax(axis=1)]
 
 
@@ -334,7 +462,7 @@ class FineTuneRegressor(FineTuneMixin, NeuralNetRegressor):
     One output per target: a 1-D ``y`` gives 1-D predictions, a 2-D ``y``
     gives 2-D predictions.
 """
-        + _COMMON_PARAMS.format(criterion="torch.nn.MSELoss")
+        + _COMMON_PARAMS.format(criterion="torch.nn.MSELoss", criterion_doc="")
         + _COMMON_ATTRIBUTES
         + """
     Examples

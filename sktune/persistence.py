@@ -5,8 +5,8 @@
 - ``sktune_config.json``: the estimator's class and parameters (those away
   from their defaults), where its backbone comes from, a fingerprint of the
   backbone's pristine weights, and what fit learned besides weights: the
-  input spec (kind, one sample's shape and dtype), the classes or the target
-  shape, the feature names;
+  input spec (kind, one sample's shape and dtype), the classes (and whether
+  the targets were multilabel) or the target shape, the feature names;
 - ``model.safetensors``: the trained part of the network only (the head,
   adapters, the blocks ``freeze`` left trainable and the buffers of modules
   that ran in training mode); the pretrained weights come from the backbone;
@@ -84,6 +84,9 @@ def _encode(value):
         return [_encode(v) for v in value]
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
         return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, dict) and all(map(_is_scalar, value)):
+        # Keys JSON would turn into strings (class_weight={0: 5.0}), as pairs.
+        return {"__items__": [[_encode(k), _encode(v)] for k, v in value.items()]}
     if isinstance(value, type) and _importable(value):
         return {"__class__": _path(value)}
     if isinstance(value, BaseEstimator) and _importable(type(value)):
@@ -92,6 +95,10 @@ def _encode(value):
             "params": _encode(value.get_params(deep=False)),
         }
     raise TypeError(f"{type(value).__name__} has no JSON form")
+
+
+def _is_scalar(key) -> bool:
+    return key is None or isinstance(key, (bool, str, numbers.Real))
 
 
 def _import(path: str):
@@ -118,6 +125,8 @@ def _decode(value):
             if not (isinstance(cls, type) and issubclass(cls, BaseEstimator)):
                 raise ValueError(f"{value['__object__']!r} is not a parameter object")
             return cls(**_decode(value["params"]))
+        if "__items__" in value:
+            return {k: _decode(v) for k, v in value["__items__"]}
         return {k: _decode(v) for k, v in value.items()}
     return value
 
@@ -214,6 +223,8 @@ def _fitted_state(estimator) -> dict:
     }
     if getattr(estimator, "_y_ndim", None) is not None:
         fitted["y_ndim"] = estimator._y_ndim
+    if estimator._multilabel:
+        fitted["multilabel"] = True
     if hasattr(estimator, "classes_inferred_"):
         classes = np.asarray(estimator.classes_inferred_)
         fitted["classes"] = {"values": classes.tolist(), "dtype": classes.dtype.str}
@@ -347,6 +358,8 @@ def load(cls, directory, backbone=None, **params):
     estimator._n_head_outputs = fitted["n_head_outputs"]
     if "y_ndim" in fitted:
         estimator._y_ndim = fitted["y_ndim"]
+    if fitted.get("multilabel"):
+        estimator._multilabel = True
     if "classes" in fitted:
         classes = fitted["classes"]
         estimator.classes_inferred_ = np.asarray(

@@ -39,6 +39,33 @@ def test_the_constant_losses_are_the_prior_entropy_and_the_variance():
     assert loss == pytest.approx(np.var(targets))
 
 
+def test_the_constant_losses_of_weighted_and_multilabel_targets():
+    y = np.array([0, 0, 0, 1])
+    w = np.array([1.0, 1.0, 1.0, 3.0]) / 1.5  # mean 1: the classes weigh the same
+
+    def weighted_ce(y_pred, y_true):
+        losses = torch.nn.functional.cross_entropy(y_pred, y_true, reduction="none")
+        return (torch.as_tensor(w, dtype=torch.float32) * losses).mean()
+
+    loss = constant_loss(
+        weighted_ce, y, regression=False, n_outputs=2, device="cpu", sample_weight=w
+    )
+    assert loss == pytest.approx(np.log(2))  # the weighted prior: 1/2 each
+    labels = np.array([[1, 0], [1, 1], [0, 0], [1, 0]])  # frequencies 3/4, 1/4
+    bce = torch.nn.BCEWithLogitsLoss()
+    loss = constant_loss(
+        bce, labels, regression=False, n_outputs=2, device="cpu", multilabel=True
+    )
+    assert loss == pytest.approx(-(0.75 * np.log(0.75) + 0.25 * np.log(0.25)))
+
+
+def test_a_weighted_fit_that_learned_is_not_reported(blobs):
+    X, y = blobs
+    keep = np.r_[np.flatnonzero(y != 2), np.flatnonzero(y == 2)[:5]]
+    clf = make_classifier(class_weight="balanced", verbose=0)
+    assert convergence_warnings(lambda: clf.fit(X[keep], y[keep])) == []
+
+
 def test_a_fit_at_a_rate_far_too_low_warns_once_with_the_rates(blobs):
     clf = make_classifier(lr=1e-7, max_epochs=6, verbose=0)
     (message,) = convergence_warnings(lambda: clf.fit(*blobs))

@@ -34,17 +34,29 @@ def sktune_params() -> set[str]:
 def test_every_parameter_sktune_adds_has_a_constraint():
     assert sktune_params() <= set(CONSTRAINTS)
     assert {"backbone", "freeze", "cache_size", "channels_last"} <= sktune_params()
+    classifier = set(inspect.signature(FineTuneClassifier.__init__).parameters)
+    assert classifier - sktune_params() - set(
+        inspect.signature(NeuralNet.__init__).parameters
+    ) == {"class_weight"}
+    assert set(FineTuneClassifier._constraints) == set(CONSTRAINTS) | {"class_weight"}
 
 
-def test_both_estimators_have_one_signature_but_the_criterion():
+def test_both_estimators_have_one_signature_but_the_criterion_and_class_weight():
     classifier = inspect.signature(FineTuneClassifier.__init__).parameters
     regressor = inspect.signature(FineTuneRegressor.__init__).parameters
-    assert list(classifier) == list(regressor)
+    assert [n for n in classifier if n != "class_weight"] == list(regressor)
+    assert (
+        list(classifier).index("class_weight")
+        == list(classifier).index("criterion") + 1
+    )
+    assert classifier["class_weight"].default is None
     assert classifier["criterion"].default is nn.CrossEntropyLoss
     assert regressor["criterion"].default is nn.MSELoss
-    differ = [n for n in classifier if classifier[n].default != regressor[n].default]
+    differ = [n for n in regressor if classifier[n].default != regressor[n].default]
     assert differ == ["criterion"]
     assert FineTuneClassifier(mlp_backbone()).get_params()["max_epochs"] == 10
+    assert FineTuneClassifier(mlp_backbone()).get_params()["class_weight"] is None
+    assert "class_weight" not in FineTuneRegressor(mlp_backbone()).get_params()
 
 
 class Bad(NamedTuple):
@@ -344,6 +356,46 @@ BAD = [
         {"batch_size": 0},
         InvalidParameterError,
         r"batch_size=0 is not valid; use a positive int, or -1",
+    ),
+    Bad(
+        "class-weight-word",
+        {"class_weight": "balance"},
+        InvalidParameterError,
+        r"class_weight='balance' is not valid; use None, 'balanced' \(n_samples / "
+        r"\(n_classes \* count of the class\)\) or a dict \{class label: "
+        r"non-negative weight\}",
+    ),
+    Bad(
+        "class-weight-negative",
+        {"class_weight": {0: -1.0, 1: 1.0}},
+        InvalidParameterError,
+        r"class_weight=\{0: -1.0, 1: 1.0\} is not valid; use None, 'balanced'",
+        NUMBERS,
+    ),
+    Bad(
+        "class-weight-nan",
+        {"class_weight": {0: float("nan")}},
+        InvalidParameterError,
+        r"class_weight=\{0: nan\} is not valid; use None, 'balanced'",
+        NUMBERS,
+    ),
+    Bad(
+        "class-weight-list",
+        {"class_weight": [1.0, 2.0]},
+        InvalidParameterError,
+        r"class_weight=\[1.0, 2.0\] is not valid; use None, 'balanced'",
+        NUMBERS,
+    ),
+    Bad(
+        # Keys are checked against the classes of y once y is known (before
+        # the network is built), as scikit-learn does.
+        "class-weight-unknown-class",
+        {"class_weight": {0: 2.0, 5: 1.0, "5": 1.0}},
+        ValueError,
+        r"class_weight has keys \[5, '5'\] that are not classes of y; the classes "
+        r"are \[0, 1\]",
+        ("array", "image"),
+        first=False,
     ),
 ]
 

@@ -74,6 +74,36 @@ def test_regressor_with_dataframe_features(blobs, tmp_path):
     assert loaded.feature_names_in_.tolist() == [f"f{i}" for i in range(8)]
 
 
+@pytest.mark.parametrize(
+    ("class_weight", "saved"),
+    [
+        ({0: 2.0, 2: 0.5}, {"__items__": [[0, 2.0], [2, 0.5]]}),  # int keys
+        ({"ant": 2.0}, {"ant": 2.0}),
+        ("balanced", "balanced"),
+    ],
+)
+def test_class_weight_round_trips_with_its_keys(blobs, tmp_path, class_weight, saved):
+    X, y = blobs
+    labels = y if 0 in list(class_weight) else np.array(["ant", "bee", "wasp"])[y]
+    clf = make_classifier(class_weight=class_weight, max_epochs=1).fit(X, labels)
+    loaded = round_trip(clf, X, tmp_path, backbone=mlp_backbone())
+    assert loaded.class_weight == class_weight
+    assert list(map(type, loaded.class_weight)) == list(map(type, class_weight))
+    config = json.loads((tmp_path / "sktune_config.json").read_text())
+    assert config["params"]["class_weight"] == saved
+
+
+def test_a_multilabel_model_round_trips(blobs, tmp_path):
+    X, y = blobs
+    Y = np.c_[y == 0, y == 1, X[:, 0] > 0].astype(int)
+    clf = make_classifier(max_epochs=2).fit(X, Y)
+    loaded = round_trip(clf, X, tmp_path, backbone=mlp_backbone())
+    np.testing.assert_array_equal(loaded.predict(X), clf.predict(X))
+    assert loaded.predict(X).shape == (150, 3)
+    assert isinstance(loaded.criterion_, nn.BCEWithLogitsLoss)
+    np.testing.assert_array_equal(loaded.classes_, [0, 1, 2])
+
+
 def test_nested_parameters_and_trained_batchnorm_statistics(images, tmp_path):
     X, y = images
     clf = make_classifier(

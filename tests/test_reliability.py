@@ -55,6 +55,8 @@ RGB = rng.randint(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
 RGB_64 = rng.randint(0, 256, size=(8, 64, 64, 3), dtype=np.uint8)
 UINT16 = rng.randint(0, 2**16, size=(8, 32, 32, 3)).astype(np.uint16)
 FIVE_BANDS = rng.randint(0, 256, size=(8, 32, 32, 5), dtype=np.uint8)
+#: Three labels per sample (a multilabel indicator matrix).
+LABELS = (rng.rand(30, 3) > 0.5).astype(int)
 
 
 def with_nan(a):
@@ -95,6 +97,14 @@ def fitted_rgb():
 
 def fitted_pairs():
     return clf(text_backbone()).fit(PAIRS, Y8)
+
+
+def fitted_multilabel():
+    return clf().fit(X8, LABELS)
+
+
+class Kw(dict):
+    """Keyword arguments of the call, as the last of a row's args."""
 
 
 # (id, make estimator, method, args, exception, message regex). Bad parameters
@@ -357,12 +367,109 @@ BAD_INPUT = [
         "mapping of inputs whose lengths differ",
     ),
     (
-        "sample-weight",
+        "sample-weight-length",
         clf,
         "fit",
+        (X8, Y3, Kw(sample_weight=np.ones(20))),
+        ValueError,
+        r"sample_weight has shape \(20,\), but there are 30 samples; pass one "
+        r"weight per sample \(shape \(30,\)\) or a number",
+    ),
+    (
+        "sample-weight-2d",
+        reg,
+        "fit",
+        (X8, X8[:, 0], Kw(sample_weight=np.ones((30, 2)))),
+        ValueError,
+        r"sample_weight has shape \(30, 2\), but there are 30 samples",
+    ),
+    (
+        "sample-weight-negative",
+        clf,
+        "fit",
+        (X8, Y3, Kw(sample_weight=np.r_[np.ones(4), -2.0, np.ones(25)])),
+        ValueError,
+        r"sample_weight has 1 negative value\(s\), the first sample_weight\[4\]=-2; "
+        r"weights must be non-negative \(a weight of 0 leaves the sample out\)",
+    ),
+    (
+        "sample-weight-nan",
+        clf,
+        "fit",
+        (X8, Y3, Kw(sample_weight=np.r_[np.ones(3), np.nan, np.ones(26)])),
+        ValueError,
+        "Input sample_weight contains NaN",
+    ),
+    (
+        "sample-weight-all-zero",
+        clf,
+        "partial_fit",
+        (X8, Y3, Kw(sample_weight=np.zeros(30))),
+        ValueError,
+        r"sample_weight is zero for every sample; at least one sample needs a "
+        r"positive weight",
+    ),
+    (
+        "class-weight-times-sample-weight-zero",
+        lambda: clf(class_weight={0: 0, 1: 0}),
+        "fit",
+        (X8, Y3, Kw(sample_weight=(Y3 != 2).astype(float))),
+        ValueError,
+        r"class_weight times sample_weight is zero for every sample",
+    ),
+    (
+        "class-weight-multilabel",
+        lambda: clf(class_weight="balanced"),
+        "fit",
+        (X8, LABELS),
+        ValueError,
+        r"class_weight='balanced' weighs the classes of 1-D labels, but y is a "
+        r"multilabel indicator matrix \(30 x 3\); use class_weight=None with "
+        r"sample_weight, or criterion__pos_weight",
+    ),
+    (
+        "multiclass-multioutput",
+        clf,
+        "fit",
+        (X8, np.c_[Y3, Y3]),
+        ValueError,
+        r"y should be a 1d array, got an array of shape \(30, 2\) instead",
+    ),
+    (
+        "multilabel-after-labels",
+        fitted_clf,
+        "partial_fit",
+        (X8, LABELS),
+        ValueError,
+        r"y is a multilabel indicator matrix, but FineTuneClassifier was fitted on "
+        r"1-D class labels",
+    ),
+    (
+        "labels-after-multilabel",
+        fitted_multilabel,
+        "partial_fit",
         (X8, Y3),
-        TypeError,
-        r"unexpected keyword argument\(s\) \['sample_weight'\]",
+        ValueError,
+        r"y is 1-D class labels, but FineTuneClassifier was fitted on a multilabel "
+        r"indicator matrix",
+    ),
+    (
+        "multilabel-columns",
+        fitted_multilabel,
+        "partial_fit",
+        (X8, LABELS[:, :2]),
+        ValueError,
+        r"y has 2 label columns, but FineTuneClassifier was fitted with 3",
+    ),
+    (
+        "multilabel-classes",
+        lambda: clf(classes=["a", "b", "c"]),
+        "fit",
+        (X8, LABELS),
+        ValueError,
+        r"classes=\['a', 'b', 'c'\] names class labels, but y is a multilabel "
+        r"indicator matrix with 3 label columns, whose classes are their indices "
+        r"\(np.arange\(3\)\); leave it None",
     ),
 ]
 
@@ -384,19 +491,19 @@ def test_bad_input_is_reported_and_nothing_is_mutated(
         else None
     )
     args_before = copy.deepcopy(args)
-    kwargs = (
-        {"sample_weight": np.ones(30)}
-        if message.endswith(r"\['sample_weight'\]")
-        else {}
-    )
+    kwargs = args[-1] if args and isinstance(args[-1], Kw) else {}
+    positional = args[:-1] if kwargs else args
     with pytest.raises(error, match=message):
-        getattr(estimator, method)(*args, **kwargs)
+        getattr(estimator, method)(*positional, **kwargs)
     if before is not None:
         assert_same_state(before, state_snapshot(backbone_module))
     assert_unchanged(args, args_before)
 
 
 def assert_unchanged(args, args_before):
+    if args and isinstance(args[-1], Kw):
+        args = (*args[:-1], *args[-1].values())
+        args_before = (*args_before[:-1], *args_before[-1].values())
     for arg, arg_before in zip(args, args_before, strict=True):
         if isinstance(arg, np.ndarray) and arg.dtype != object:
             np.testing.assert_array_equal(arg, arg_before)
