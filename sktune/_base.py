@@ -64,7 +64,12 @@ from .adapters.inject import adapter_params, merge
 from .backbones import as_backbone
 from .blocks import describe_blocks
 from .cluster import reference
-from .data.inputs import FittedInput, check_fit_data, check_predict_data
+from .data.inputs import (
+    FittedInput,
+    check_fit_data,
+    check_predict_data,
+    input_kind,
+)
 from .data.loaders import make_loader, pad_batch
 from .data.photos import PhotoDataset, Photos, PhotoSpec
 from .data.text import TextCollator, TextDataset, is_texts
@@ -365,7 +370,7 @@ class FineTuneMixin(PretrainedMixin):
                     y,
                     reset=reset,
                     regression=self._regression,
-                    strings=self._strings(reset, source),
+                    strings=self._strings(X, reset, source),
                 )
                 check_against_input(self, fitted.kind, fitted.shape)
                 if fitted.kind == "photos":
@@ -407,11 +412,13 @@ class FineTuneMixin(PretrainedMixin):
         per sample of the X and y it is given; None: unweighted)."""
         return scoped(self, _fit_weights=weights)
 
-    def _strings(self, reset: bool, source) -> str:
+    def _strings(self, X, reset: bool, source) -> str:
         """What strings in X are: "text" for a text backbone, else "photos"
-        (paths)."""
+        (paths). The backbone is asked only when X holds strings."""
         if not reset:
             return "photos" if self.input_spec_.kind == "photos" else "text"
+        if input_kind(X) not in ("text", "pairs"):
+            return "text"
         return "text" if source.tokenizer() is not None else "photos"
 
     def _load_photos(self, photos, reset: bool, source, *, training: bool):
