@@ -245,8 +245,9 @@ _CLASS_WEIGHT_DOC = """        Multilabel targets (a 0/1 indicator matrix ``y``)
         Weights of the classes in the loss, scikit-learn's meaning: a dict
         ``{class label: weight}`` (classes left out weigh 1; a key that is
         not a class is an error), or "balanced": ``n_samples / (n_classes *
-        np.bincount(y))`` over the classes in ``y``, so that a rare class
-        counts as much as a common one. Multiplied with ``fit``'s
+        np.bincount(y))`` over the classes in ``y`` (each ``fit`` or
+        ``partial_fit`` call's), so that a rare class counts as much as a
+        common one. Multiplied with ``fit``'s
         ``sample_weight``; see :meth:`fit` for how the weights enter the
         loss. Not for multilabel targets (pass ``sample_weight``, or
         ``criterion__pos_weight`` for a positive weight per label).
