@@ -321,13 +321,13 @@ class Photos:
             num_workers=workers,
             collate_fn=list,  # pixels travel pickled, not through shared memory
         )
-        errors = []
+        errors, pixels = [], kept.numpy()  # numpy copies: no torch threads
         for items in loader:
             for i, out in items:
                 if isinstance(out, str):
                     errors.append((i, out))
                 elif out is not None:
-                    kept[i] = torch.from_numpy(out)
+                    pixels[i] = out
         if errors:
             raise ValueError(self._bad_files(errors, param))
         self.spec, self.kept = spec, kept
