@@ -119,6 +119,10 @@ class FineTuneMixin(PretrainedMixin):
     # Inside a weighted fit: each sample's weight (sktune.data.weights),
     # never stored on the estimator (a fitted model holds no training data).
     _fit_weights = ScopedParam(default=None)
+    # What each parameter accepts (checked at the start of fit).
+    _constraints = CONSTRAINTS
+    # Whether the targets are a multilabel indicator matrix (a classifier's).
+    _multilabel = False
 
     def __init__(
         self,
@@ -271,11 +275,6 @@ class FineTuneMixin(PretrainedMixin):
             self.__dict__["device"] = "auto"
 
     # -- fitting ------------------------------------------------------------
-
-    # What each parameter accepts (checked at the start of fit).
-    _constraints = CONSTRAINTS
-    # Whether the targets are a multilabel indicator matrix (a classifier's).
-    _multilabel = False
 
     def _encode_targets(self, y, *, reset: bool, classes=None):
         """Convert checked targets for the loss; size the head on reset."""

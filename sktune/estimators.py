@@ -238,7 +238,7 @@ def _signature(own: dict | None = None, **defaults) -> inspect.Signature:
     return inspect.signature(FineTuneMixin.__init__).replace(parameters=parameters)
 
 
-_CLASS_WEIGHT_DOC = """        Multilabel targets (a 0/1 indicator matrix ``y``) switch the default
+_CLASSIFIER_LOSS_DOC = """        Multilabel targets (a 0/1 indicator matrix ``y``) switch the default
         to ``torch.nn.BCEWithLogitsLoss``, one sigmoid output per label; a
         criterion passed explicitly is kept.
     class_weight : None, "balanced" or dict, default=None
@@ -289,7 +289,7 @@ class FineTuneClassifier(FineTuneMixin, NeuralNetClassifier):
     ``np.arange(n_labels)``.
 """
         + _COMMON_PARAMS.format(
-            criterion="torch.nn.CrossEntropyLoss", criterion_doc=_CLASS_WEIGHT_DOC
+            criterion="torch.nn.CrossEntropyLoss", criterion_doc=_CLASSIFIER_LOSS_DOC
         )
         + _COMMON_ATTRIBUTES
         + """    classes_ : ndarray

@@ -83,6 +83,8 @@ def test_multilabel_binarizer_tags_of_texts(reviews):
     assert np.mean([set(p) == t for p, t in zip(predicted, tags, strict=True)]) > 0.8
 
 
+# Samples without any label have no F1 (scikit-learn warns, and counts 0).
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
 def test_a_grid_search_scores_f1_samples(tagged):
     X, Y = tagged
     search = GridSearchCV(

@@ -181,6 +181,42 @@ def test_balanced_class_weight_is_the_balanced_sample_weight(blobs, freeze):
     assert not np.array_equal(unweighted.predict_proba(X), by_class.predict_proba(X))
 
 
+def test_photos_from_paths_are_weighted(tmp_path):
+    from PIL import Image
+
+    paths, y = [], np.arange(12) % 3 == 0  # a rarer class
+    for i, label in enumerate(y):
+        pixels = rng.randint(0, 60, size=(20 + i, 30 - i, 3)).astype(np.uint8)
+        pixels[..., 0 if label else 2] += 180
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(pixels).save(paths[-1])
+
+    def photo_clf(**kwargs):
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            cnn = nn.Sequential(
+                nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+            )
+        return FineTuneClassifier(
+            cnn,
+            image_size=8,
+            batch_size=4,
+            max_epochs=2,
+            random_state=0,
+            verbose=0,
+            **kwargs,
+        )
+
+    by_class = photo_clf(class_weight="balanced").fit(paths, y)
+    assert by_class.input_spec_.kind == "photos"
+    by_sample = photo_clf().fit(
+        paths, y, sample_weight=compute_sample_weight("balanced", y)
+    )
+    proba = by_class.predict_proba(paths)
+    np.testing.assert_array_equal(proba, by_sample.predict_proba(paths))
+    assert not np.array_equal(proba, photo_clf().fit(paths, y).predict_proba(paths))
+
+
 def test_class_weight_and_sample_weight_multiply(blobs):
     X, y = blobs
     w = rng.uniform(0.5, 2.0, size=len(y))
@@ -230,6 +266,27 @@ def test_partial_fit_and_a_custom_collate_fn_take_weights(blobs):
     collated.fit(X, y, sample_weight=w)
     np.testing.assert_array_equal(partial.predict_proba(X), fitted.predict_proba(X))
     np.testing.assert_array_equal(collated.predict_proba(X), fitted.predict_proba(X))
+
+
+@pytest.mark.parametrize(
+    ("params", "sample_weight", "message"),
+    [
+        ({}, -np.ones(150), "sample_weight has 150 negative value"),
+        ({"class_weight": {"ant": 1.0}}, None, r"class_weight has keys \['ant'\]"),
+        ({"class_weight": "balanced"}, np.ones(3), r"sample_weight has shape \(3,\)"),
+    ],
+)
+def test_a_failed_weighted_refit_leaves_the_fitted_estimator(
+    blobs, params, sample_weight, message
+):
+    X, y = blobs
+    net = clf().fit(X, y)
+    proba, history = net.predict_proba(X), len(net.history_)
+    net.set_params(**params)
+    with pytest.raises(ValueError, match=message):
+        net.fit(X, y, sample_weight=sample_weight)
+    np.testing.assert_array_equal(net.predict_proba(X), proba)
+    assert len(net.history_) == history
 
 
 def test_a_fitted_model_holds_no_weights(blobs):
