@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..data.photos import Photos
 from ..data.text import is_texts
 from .split import NoCache, Split
 from .store import STORE, FeatureStore, sample_digests
@@ -346,6 +347,8 @@ class CachedRows(Dataset):
 
 
 def _take(X, indices):
+    if isinstance(X, Photos):
+        return X.take(indices)
     if isinstance(X, Mapping):
         return {k: v[indices] for k, v in X.items()}
     if isinstance(X, list):

@@ -285,7 +285,9 @@ class Photos:
     def __init__(self, sources: list):
         self.sources = sources
         self.spec: PhotoSpec | None = None
-        self.kept: torch.Tensor | None = None  # the first len(kept) photos
+        self.kept: torch.Tensor | None = None  # decoded photos, at working size
+        # Each photo's row in ``kept``, -1 for one beyond the budget.
+        self.slots = np.full(len(sources), -1, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -331,7 +333,15 @@ class Photos:
         if errors:
             raise ValueError(self._bad_files(errors, param))
         self.spec, self.kept = spec, kept
+        self.slots = np.where(np.arange(len(self)) < n_kept, np.arange(len(self)), -1)
         return self
+
+    def take(self, indices) -> Photos:
+        """The photos ``indices``, sharing the decoded ones (no copy)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        part = Photos([self.sources[i] for i in indices])
+        part.spec, part.kept, part.slots = self.spec, self.kept, self.slots[indices]
+        return part
 
     def _bad_files(self, errors, param: str) -> str:
         listed = "; ".join(
@@ -354,8 +364,9 @@ class Photos:
         )
 
     def __getitem__(self, i) -> torch.Tensor:
-        if self.kept is not None and i < len(self.kept):
-            return self.kept[i]
+        slot = self.slots[i]
+        if slot >= 0:
+            return self.kept[slot]
         return torch.from_numpy(decode(self.sources[i], self.spec))
 
     def digests(self) -> list[bytes]:
@@ -408,11 +419,10 @@ class PhotoDataset(Dataset):
         return self.__getitems__([i])
 
     def __getitems__(self, indices):
-        kept = self.photos.kept
-        n_kept = 0 if kept is None else len(kept)
+        slots = self.photos.slots[indices]
         index = torch.as_tensor(indices, dtype=torch.long)
-        if n_kept and bool((index < n_kept).all()):
-            X = kept[index]
+        if (slots >= 0).all():
+            X = self.photos.kept[torch.from_numpy(slots)]
         else:
             X = torch.stack([self.photos[int(i)] for i in indices])
         if self.y is None:
@@ -428,14 +438,13 @@ class PhotoDataset(Dataset):
     @property
     def decodes_on_the_fly(self) -> bool:
         """Whether some photos are beyond the budget (decoded when used)."""
-        kept = self.photos.kept
-        return kept is None or len(kept) < len(self.photos)
+        return bool((self.photos.slots < 0).any())
 
     def __getstate__(self):
         # A worker started by spawn would receive a copy of the decoded
         # photos: it decodes the ones it needs instead.
         state = dict(self.__dict__)
         photos = Photos(self.photos.sources)
-        photos.spec = self.photos.spec
+        photos.spec = self.photos.spec  # slots all -1: nothing decoded
         state["photos"] = photos
         return state

@@ -110,6 +110,10 @@ def test_each_photo_is_decoded_once_per_fit(photos, monkeypatch):
     # the validation split is scored every epoch, and still one decode each.
     classifier(max_epochs=3, train_split=ValidSplit(4)).fit(paths, y)
     assert sorted(decoded) == sorted(paths)
+    # Restarts train and choose on parts of the decoded photos.
+    decoded.clear()
+    classifier(max_epochs=2, n_restarts=2).fit(paths, y)
+    assert sorted(decoded) == sorted(paths)
     # Beyond the budget, photos are decoded as they are used: the first
     # ones (that fit) once, the rest once per epoch (and the check pass
     # reads them only at the smallest scale).
