@@ -423,6 +423,7 @@ class FineTuneMixin(PretrainedMixin):
     def _load_photos(self, photos, reset: bool, source, *, training: bool):
         """Decode (and check) every photo before any work; return the
         FittedInput of photos decoded so (see :mod:`sktune.data.photos`)."""
+        photos.check_paths()
         if reset:
             spec = PhotoSpec.of(self.image_size, source.data_config())
         else:

@@ -261,7 +261,8 @@ BAD_INPUT = [
         "fit",
         (TEXT, TEXT_Y),
         ValueError,
-        "X holds strings, but the backbone has no tokenizer",
+        r"X holds strings, but none is a file: for a backbone without a "
+        "tokenizer strings are paths of photos",
     ),
     (
         "images-to-text-backbone",

@@ -343,6 +343,19 @@ class Photos:
         part.spec, part.kept, part.slots = self.spec, self.kept, self.slots[indices]
         return part
 
+    def check_paths(self, param: str = "X") -> None:
+        """Raise when no path is a file (texts given to an image backbone,
+        say), before anything that needs the backbone; :meth:`load` names
+        the bad files among good ones."""
+        errors = [
+            (i, "no such file")
+            for i, source in enumerate(self.sources)
+            if isinstance(source, (str, os.PathLike))
+            and not os.path.exists(os.fspath(source))
+        ]
+        if errors and len(errors) == len(self):
+            raise ValueError(self._bad_files(errors, param))
+
     def _bad_files(self, errors, param: str) -> str:
         listed = "; ".join(
             f"{param}[{i}] {_shown(self.sources[i])}: {reason}"
@@ -350,17 +363,18 @@ class Photos:
         )
         more = len(errors) - _MAX_LISTED
         tail = f"; and {more} more" if more > 0 else ""
-        hint = ""
-        if all(reason == "no such file" for _, reason in errors) and all(
-            isinstance(s, str) for s in self.sources
+        if len(errors) == len(self) and all(
+            reason == "no such file" and isinstance(self.sources[i], str)
+            for i, reason in errors
         ):
-            hint = (
-                " (strings are paths of photos for a backbone without a tokenizer; "
-                "texts need a Hugging Face text backbone)"
+            return (
+                f"{param} holds strings, but none is a file: for a backbone without "
+                "a tokenizer strings are paths of photos (texts need a Hugging Face "
+                f"text backbone). {listed}{tail}."
             )
         return (
             f"{len(errors)} of {len(self)} photos cannot be read: {listed}{tail}. "
-            f"Fix or remove them; nothing was trained or changed{hint}."
+            "Fix or remove them; nothing was trained or changed."
         )
 
     def __getitem__(self, i) -> torch.Tensor:
