@@ -154,3 +154,63 @@ def test_defaults_do_not_collapse_on_a_real_cnn(efficientnet, digits_rgb):
     predicted = clf.predict(X_test)  # once: score() would predict again
     assert len(set(predicted)) == 10
     assert np.mean(predicted == y_test) > 0.9
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory):
+    """Two classes of photos cut from scikit-learn's two sample photos, saved
+    as files of every kind: large and small JPEGs, PNG, RGBA, gray, palette
+    GIF, one turned by its EXIF orientation."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    paths, labels = [], []
+    for label, pixels in enumerate(load_sample_images().images):  # 427 x 640
+        photo = Image.fromarray(pixels)
+        for i in range(16):
+            side = int(rng.integers(200, 420))
+            top, left = rng.integers(0, 427 - side), rng.integers(0, 640 - side)
+            crop = photo.crop((left, top, left + side, top + side))
+            kind = i % 6
+            path = (
+                folder
+                / f"{label}_{i}.{['jpg', 'png', 'png', 'jpg', 'gif', 'jpg'][kind]}"
+            )
+            if kind == 0:  # a camera-sized JPEG: decoded reduced
+                crop.resize((1600, 1600)).save(path, quality=90)
+            elif kind == 2:
+                crop.convert("RGBA").save(path)
+            elif kind == 3:
+                crop.convert("L").save(path, quality=90)
+            elif kind == 4:
+                crop.convert("P").save(path)
+            elif kind == 5:  # stored sideways, upright by its EXIF tag
+                exif = Image.Exif()
+                exif[0x0112] = 8
+                crop.rotate(-90, expand=True).save(path, exif=exif, quality=90)
+            else:
+                crop.save(path)
+            paths.append(str(path))
+            labels.append(["china", "flower"][label])
+    return paths, np.array(labels)
+
+
+def test_efficientnet_lite0_fits_a_folder_of_photo_files(efficientnet, photo_folder):
+    from PIL import Image
+
+    paths, y = photo_folder
+    paths = np.asarray(paths, dtype=object)
+    train = np.arange(len(paths)) % 4 != 0
+    clf = FineTuneClassifier(efficientnet, freeze="all", random_state=0)
+    clf.fit(paths[train], y[train])
+    # Its own evaluation preprocessing: 224 px, crop 0.875, bicubic, RGB.
+    assert clf.input_spec_.photo == ((224, 224), 0.875, "bicubic", 3)
+    test = list(paths[~train])
+    predicted = clf.predict(test)
+    assert np.mean(predicted == y[~train]) == 1.0  # measured: 1.0
+    # PIL images decode at full size, never reduced: nearly the same features.
+    proba = clf.predict_proba(test)
+    from_pil = clf.predict_proba([Image.open(p) for p in test])
+    np.testing.assert_allclose(from_pil, proba, atol=0.05)
