@@ -296,9 +296,12 @@ class FineTuneMixin(PretrainedMixin):
         X : array-like, DataFrame, tensor, list of str or mapping
             Numeric arrays, images (float ``N x C x H x W``, taken as
             normalized, or uint8 ``N x H x W x C`` with any number of
-            channels; other integer images, uint16 say, are refused), texts
-            or text pairs (Hugging Face backbones; empty texts are texts), or
-            a mapping of tokenized inputs.
+            channels; other integer images, uint16 say, are refused), photos
+            (file paths, PIL images or uint8 pictures of any size, decoded
+            at the backbone's working size: see :mod:`sktune.data.photos`),
+            texts or text pairs (Hugging Face backbones; empty texts are
+            texts), or a mapping of tokenized inputs. Strings are texts for
+            a text backbone and paths for any other.
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
             Class labels, a multilabel indicator matrix (classifier: 0/1,
             one column per label), or regression targets.

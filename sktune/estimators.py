@@ -78,7 +78,9 @@ _COMMON_PARAMS = """
         Resize uint8 images to this size before the backbone, in fit and
         predict (a fitted estimator then takes images of any size); "auto"
         uses the backbone's pretrained input size, None keeps the images'
-        size (predict then takes the size fit saw).
+        size (predict then takes the size fit saw). Photos (paths, PIL
+        images) are centre-cropped to it after a resize by the backbone's
+        ``crop_pct``; None and "auto" are then the backbone's input size.
     augment : None, "light", "strong" or callable, default=None
         Augment uint8 images in training batches only (evaluation,
         prediction, ``embed`` and the frozen-prefix pass never augment), each
@@ -105,7 +107,9 @@ _COMMON_PARAMS = """
         The most one fit may cache, in MB: a fit whose prefix outputs need
         more runs without the cache. What the process keeps across fits is
         bounded by the store's own budget (:func:`sktune.set_cache_budget`)
-        and freed by :func:`sktune.clear_cache`.
+        and freed by :func:`sktune.clear_cache`. Photos decoded at working
+        size are held within the same number of MB for the length of a
+        call; those beyond it are decoded again when used.
     cache_dtype : None, "float16", "bfloat16", "float32" or torch.dtype, default=None
         Store the cached prefix outputs at this precision (None: as
         computed). "float16" halves the cache's memory, so twice the data
