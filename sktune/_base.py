@@ -82,6 +82,7 @@ from .data.weights import (
     weighted_loss,
 )
 from .diagnostics import warn_if_learned_nothing
+from .freeze import is_auto
 from .persistence import PretrainedMixin, save_atomically
 from .progress import bar, default_callbacks, fit_summary, shows_bar
 from .runtime import StepGuard, compute_dtype, grad_scaler, resolve_device
@@ -382,6 +383,9 @@ class FineTuneMixin(PretrainedMixin):
                 if reset:
                     self.input_spec_ = fitted
                     self._seeds = seeds[0]
+                    # A fresh fit searches its depth anew (freeze="auto").
+                    self.__dict__.pop("freeze_depth_", None)
+                    self.__dict__.pop("freeze_search_", None)
                     self.initialize()
                     self._fit_stages.check(self.max_epochs)
                 elif len(self.history_) == 0:
@@ -482,6 +486,7 @@ class FineTuneMixin(PretrainedMixin):
             n_outputs=self._n_head_outputs,
             device=self._compute_device,
             precision=compute_dtype(self.precision),
+            auto_depth=self._auto_depth(),
             **{name: getattr(self, name) for name in NETWORK_PARAMS},
         )
         self.module_ = built.network
@@ -492,7 +497,11 @@ class FineTuneMixin(PretrainedMixin):
         self.adapted_modules_ = built.adapted
         self._family = built.family
         self._fit_stages = FitStages(
-            built.stages, built.depth, len(built.blocks), self.freeze
+            built.stages,
+            built.depth,
+            len(built.blocks),
+            self.freeze,
+            chosen=self._auto_depth() is not None,
         )
         self.prefix_cache_ = self._fit_stages.final.prefix_cache
         self._trainable = self._fit_stages.trainable(built.network)
@@ -502,6 +511,12 @@ class FineTuneMixin(PretrainedMixin):
             else None
         )
         return self
+
+    def _auto_depth(self):
+        """With ``freeze="auto"``, the depth a fit chose (None before)."""
+        if not is_auto(self.freeze):
+            return None
+        return getattr(self, "freeze_depth_", None)
 
     @property
     def _compute_device(self):
@@ -560,9 +575,11 @@ class FineTuneMixin(PretrainedMixin):
     def _rates(self) -> dict:
         """The rates the optimizer applies (:func:`~sktune.schedules.rates_in_effect`)."""
         net = self._network
+        # Only what trains at the depth in force: after freeze="auto"'s
+        # search the optimizer still holds the parameters frozen again.
         return rates_in_effect(
             self.optimizer_,
-            net.named_parameters(),
+            ((n, p) for n, p in net.named_parameters() if n in self._trainable),
             block_index(self.blocks_),
             adapter_params(net.backbone) if self.adapted_modules_ else (),
         )
@@ -604,7 +621,10 @@ class FineTuneMixin(PretrainedMixin):
         seed = getattr(self, "_seeds", None)
         if seed is not None and seed.data is not None:
             torch.manual_seed(epoch_seed(seed.data, epoch))
-        self.history_.record("frozen_blocks", self._fit_stages.frozen_at(epoch))
+        stages = self._fit_stages
+        self.history_.record("frozen_blocks", stages.frozen_at(epoch))
+        if stages.auto:  # the epochs of the depth search (plot_history shades them)
+            self.history_.record("freeze_search", not stages.chosen)
 
     def get_dataset(self, X, y=None):
         """The dataset of ``X`` (texts, photos, cached rows or skorch's own);
@@ -828,4 +848,19 @@ class FineTuneMixin(PretrainedMixin):
                 rates=rates["params"],
             )
             + f"\nlearning rates: {format_rates(rates)}"
+            + _searched(self)
         )
+
+
+def _searched(net) -> str:
+    """describe()'s line on the depth freeze="auto" chose ("" without one)."""
+    depth = getattr(net, "freeze_depth_", None)
+    if depth is None or not is_auto(net.freeze):
+        return ""
+    scores = ", ".join(
+        f"{s['depth']}: {s['score']:.4g}" for s in getattr(net, "freeze_search_", [])
+    )
+    return (
+        f"\nfreeze='auto' chose depth {depth} ({depth} of {net.n_blocks_} blocks "
+        f"frozen); validation score by depth: {scores}"
+    )

@@ -56,6 +56,8 @@ from .freeze import (
     FreezePlan,
     apply_freeze,
     at_depth,
+    auto_depths,
+    is_auto,
     options,
     plan_freeze,
     with_adapters,
@@ -91,10 +93,13 @@ class Built:
         A text backbone's truncation length.
     stages : dict
         Number of frozen blocks -> :class:`Stage`: the freeze policy's own
-        depth, and every depth its schedule passes through.
+        depth, and every depth its schedule passes through (with
+        ``freeze="auto"``: every depth its search may visit).
     depth : int
         The freeze policy's own number of frozen blocks (its stage is the
-        network's state as built).
+        network's state as built); with ``freeze="auto"``, the depth chosen
+        (``auto_depth``), else the search's floor (every parameter the
+        search may train trains there).
     adapted : list of str
         The backbone modules that carry adapters.
     family : Family
@@ -129,6 +134,7 @@ def build_network(
     cache_dtype,
     device,
     precision=None,
+    auto_depth=None,
 ) -> Built:
     """Build the network for input like ``fitted``, validated parameters given.
 
@@ -147,6 +153,9 @@ cache, cache_size, cache_dtype
         Where the network trains (None: where the backbone is).
     precision : torch.dtype, optional
         The backbone's autocast dtype (None: float32).
+    auto_depth : int, optional
+        With ``freeze="auto"``: the depth a fit chose (``freeze_depth_``), to
+        rebuild a fitted network at it; None before the search.
 
     Raises
     ------
@@ -181,7 +190,7 @@ cache, cache_size, cache_dtype
     features, order = probe(backbone, preprocess, example)
     blocks = block_map(backbone, order, family.block_of(backbone))
     blocks, adapted = attach_adapters(backbone, blocks, order, freeze, adapter, family)
-    plans = _plans(backbone, blocks, freeze, adapter is not None)
+    plans = _plans(backbone, blocks, freeze, adapter is not None, auto_depth)
     depth = plans.pop("final")
     layout = plan_layout(channels_last, backbone, preprocess, example, features)
     if layout and preprocess is not None:
@@ -233,10 +242,11 @@ cache, cache_size, cache_dtype
     return Built(network, blocks, tokenizer, max_length, stages, depth, adapted, family)
 
 
-def _plans(backbone, blocks, freeze, adapters: bool) -> dict:
+def _plans(backbone, blocks, freeze, adapters: bool, auto_depth=None) -> dict:
     """The freeze plan of each depth a fit may train at, the final depth last.
 
-    The entry ``"final"`` names the policy's own depth.
+    The entry ``"final"`` names the policy's own depth (``freeze="auto"``:
+    ``auto_depth``, else the search's floor).
     """
     policy = options(freeze)
     n_blocks = len(blocks)
@@ -247,6 +257,13 @@ def _plans(backbone, blocks, freeze, adapters: bool) -> dict:
             plan = with_adapters(backbone, plan, adapter_params(backbone), policy_at)
         return plan
 
+    if is_auto(freeze):
+        depths = auto_depths(freeze, n_blocks)
+        plans = {d: plan_of(at_depth(freeze, d, n_blocks)) for d in depths}
+        final = depths[-1] if auto_depth is None else auto_depth
+        plans[final] = plans.pop(final)  # the network's state as built, last
+        plans["final"] = final
+        return plans
     final = plan_of(freeze)
     depth = final.n_frozen_blocks
     plans = {}
@@ -285,6 +302,13 @@ def attach_adapters(
     adapter = as_adapter(adapter)
     if adapter is None:
         return blocks, []
+    if is_auto(freeze):
+        # Adapters in every block the search may unfreeze (down to its
+        # floor), whichever depth it chooses: a fitted network rebuilds with
+        # the same modules. Those in blocks left frozen stay at their
+        # initialization, which changes no output (LoRA's B and (IA)^3's
+        # scales start at zero and one).
+        freeze = at_depth(freeze, auto_depths(freeze, len(blocks))[-1], len(blocks))
     plan = plan_freeze(backbone, blocks, freeze)
     trainable = {n for n, _ in backbone.named_parameters()} - plan.frozen_params
     adapted = attach(backbone, adapter, trainable, family, f"freeze={freeze!r}")

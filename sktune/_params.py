@@ -41,7 +41,7 @@ from .data.augment import (
 )
 from .data.images import IMAGE_SIZE_ACCEPTED, is_image_size
 from .data.weights import CLASS_WEIGHT_ACCEPTED, is_class_weight
-from .freeze import FREEZE_ACCEPTED, is_policy
+from .freeze import FREEZE_ACCEPTED, is_auto, is_policy
 from .heads import HEAD_ACCEPTED, POOLINGS, head_hint, is_head
 from .runtime import PRECISIONS
 from .schedules import LR_SCHEDULE_ACCEPTED, is_lr_schedule
@@ -148,6 +148,14 @@ def validate_params(estimator) -> None:
             f"restart_epochs={estimator.restart_epochs} is not valid; use at most "
             f"max_epochs={estimator.max_epochs} (each restart trains that many "
             "epochs before the best one continues)."
+        )
+    if estimator.n_restarts > 1 and is_auto(estimator.freeze):
+        raise InvalidParameterError(
+            f"n_restarts={estimator.n_restarts} is not valid with freeze='auto'; "
+            "use n_restarts=1. Both choose on a validation split over the first "
+            "epochs: the restarts would each need a depth search of their own "
+            "(n_restarts times its cost), and the search needs the head of one "
+            "run to carry from stage to stage."
         )
     if estimator.augment is not None and estimator.cache is True:
         raise InvalidParameterError(

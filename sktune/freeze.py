@@ -42,7 +42,9 @@ __all__ = [
     "FreezePlan",
     "apply_freeze",
     "at_depth",
+    "auto_depths",
     "frozen_modules",
+    "is_auto",
     "is_policy",
     "options",
     "plan_freeze",
@@ -52,7 +54,8 @@ __all__ = [
 FREEZE_ACCEPTED = (
     "None or 0 (train everything), an int k (freeze the first k blocks), a "
     "negative int -k (freeze all but the last k blocks), a float in [0, 1] (that "
-    "fraction of the blocks), 'all' (train only the head), a list of "
+    "fraction of the blocks), 'all' (train only the head), 'auto' (the depth "
+    "chosen in the fit, on a validation split), a list of "
     "parameter-name patterns, or a Freeze(...) object"
 )
 
@@ -83,6 +86,19 @@ class Freeze(NestedParams):
         Gradual unfreezing (ULMFiT, Howard & Ruder 2018): after the probe
         epochs, make one more block trainable from the output side every
         this many epochs until ``depth`` is reached. None: all at once.
+    stage_epochs : int, default=2
+        ``depth="auto"`` only: the epochs each stage of the search trains.
+    step : int, default=1
+        ``depth="auto"`` only: the blocks each stage unfreezes beyond the
+        one before (from the output side).
+    tol : float, default=0.0
+        ``depth="auto"`` only: the least gain in validation score (accuracy
+        for a classifier, minus the loss for a regressor) a deeper stage
+        needs for the search to go on. With 0: a higher score, or the same
+        score at a lower validation loss.
+    min_frozen : int, default=0
+        ``depth="auto"`` only: the floor, the fewest blocks the search
+        leaves frozen (0: it may reach the full fine-tune).
 
     Notes
     -----
@@ -96,12 +112,27 @@ class Freeze(NestedParams):
     weight decay or momentum either); ``history_[:, "frozen_blocks"]``
     records each epoch's depth, and the frozen-prefix cache follows it.
 
+    ``depth="auto"`` chooses the depth in the fit (see
+    :mod:`sktune._freeze_search`): the head alone on cached features first,
+    then ``step`` more blocks from the output side per stage, each stage
+    ``stage_epochs`` epochs long and scored on a validation split (the
+    estimator's ``train_split``, else an internal stratified 20%), until a
+    stage gains less than ``tol`` or the floor ``min_frozen`` is reached.
+    The best stage's weights are kept and the fit finishes at its depth for
+    the rest of ``max_epochs`` (on all the data where the split was
+    internal). The search uses at most ``max_epochs - stage_epochs`` epochs,
+    so ``max_epochs`` must be at least ``3 * stage_epochs``. The fields
+    ``stage_epochs``, ``step``, ``tol`` and ``min_frozen`` are ignored at
+    any other depth; the defaults are provisional until the benchmark
+    (``benchmarks/auto_freeze.py``) has measured them.
+
     Examples
     --------
     >>> from sktune import Freeze
     >>> Freeze(depth=2).get_params()["depth"]
     2
     >>> lp_ft = Freeze(depth=0, probe_epochs=3)
+    >>> searched = Freeze("auto", stage_epochs=3, tol=0.01)
     """
 
     _constraints = {
@@ -115,6 +146,13 @@ class Freeze(NestedParams):
         "unfreeze_every": Constraint(
             "None or a positive int", lambda v: v is None or is_int(v, 1)
         ),
+        "stage_epochs": Constraint("a positive int", lambda v: is_int(v, 1)),
+        "step": Constraint("a positive int", lambda v: is_int(v, 1)),
+        "tol": Constraint(
+            "a non-negative number (a gain in validation score)",
+            lambda v: is_real(v) and v >= 0,
+        ),
+        "min_frozen": Constraint("a non-negative int", lambda v: is_int(v, 0)),
     }
 
     def __init__(
@@ -124,12 +162,20 @@ class Freeze(NestedParams):
         train_bias=False,
         probe_epochs=0,
         unfreeze_every=None,
+        stage_epochs=2,
+        step=1,
+        tol=0.0,
+        min_frozen=0,
     ):
         self.depth = depth
         self.train_bn = train_bn
         self.train_bias = train_bias
         self.probe_epochs = probe_epochs
         self.unfreeze_every = unfreeze_every
+        self.stage_epochs = stage_epochs
+        self.step = step
+        self.tol = tol
+        self.min_frozen = min_frozen
 
     def schedules(self) -> bool:
         """Whether the frozen depth changes during a fit."""
@@ -141,6 +187,13 @@ class Freeze(NestedParams):
                 f"{name}__probe_epochs and {name}__unfreeze_every count blocks, but "
                 f"{name}__depth={self.depth!r} is a list of parameter patterns; "
                 "give a depth (an int, a float or 'all')."
+            )
+        if self.schedules() and is_auto(self.depth):
+            raise InvalidParameterError(
+                f"{name}__probe_epochs and {name}__unfreeze_every set a schedule, "
+                f"but {name}__depth='auto' runs a schedule of its own (the head "
+                "alone first, then one more block per stage); use "
+                f"{name}__stage_epochs and {name}__step, or give a depth."
             )
 
 
@@ -172,12 +225,47 @@ def is_policy(freeze) -> bool:
     if freeze is None or isinstance(freeze, Freeze):
         return True
     if isinstance(freeze, str):
-        return freeze == "all"
+        return freeze in ("all", "auto")
     if isinstance(freeze, (list, tuple)):
         return all(isinstance(p, str) for p in freeze)
     if isinstance(freeze, numbers.Integral):
         return not isinstance(freeze, bool)
     return is_real(freeze) and 0.0 <= freeze <= 1.0
+
+
+def is_auto(freeze) -> bool:
+    """Whether ``freeze`` asks for the depth to be chosen in the fit."""
+    depth = freeze.depth if isinstance(freeze, Freeze) else freeze
+    return isinstance(depth, str) and depth == "auto"
+
+
+def auto_depths(freeze, n_blocks: int, *, param: str = "freeze") -> list[int]:
+    """The depths (frozen blocks) the search of ``freeze="auto"`` may visit,
+    all frozen first, then ``step`` fewer each stage, down to ``min_frozen``.
+
+    Raises
+    ------
+    ValueError
+        For a backbone of a single block, or a floor that leaves no depth
+        to search.
+    """
+    policy = options(freeze)
+    name = f"{param}__depth='auto'" if isinstance(freeze, Freeze) else f"{param}='auto'"
+    if n_blocks < 2:
+        raise ValueError(
+            f"{name} chooses how many blocks to freeze, but the backbone has "
+            f"{n_blocks} block: there is no depth between the head alone and the "
+            "whole network to choose; use freeze='all' or freeze=0 (or compare "
+            "them with GridSearchCV)."
+        )
+    floor = policy.min_frozen
+    if floor >= n_blocks:
+        raise ValueError(
+            f"{param}__min_frozen={floor} leaves no depth to search: the backbone "
+            f"has {n_blocks} blocks, so use an int in [0, {n_blocks - 1}]."
+        )
+    depths = list(range(n_blocks, floor, -policy.step))
+    return [*depths, floor]
 
 
 def plan_freeze(
@@ -192,6 +280,11 @@ def plan_freeze(
         matches no parameter: the checks that need the backbone (any other
         bad value is refused by the parameter check first).
     """
+    if is_auto(freeze):
+        raise ValueError(
+            f"{param}='auto' is a search over depths: plan one of its depths "
+            "(at_depth)."
+        )
     train_bn = train_bias = False
     if isinstance(freeze, Freeze):
         train_bn, train_bias = freeze.train_bn, freeze.train_bias

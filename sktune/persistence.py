@@ -232,6 +232,10 @@ def _fitted_state(estimator) -> dict:
         fitted["n_features_in"] = int(estimator.n_features_in_)
     if hasattr(estimator, "feature_names_in_"):
         fitted["feature_names_in"] = [str(f) for f in estimator.feature_names_in_]
+    if getattr(estimator, "freeze_depth_", None) is not None:
+        # freeze="auto": the network is rebuilt at the depth the fit chose.
+        fitted["freeze_depth"] = int(estimator.freeze_depth_)
+        fitted["freeze_search"] = _encode(getattr(estimator, "freeze_search_", []))
     return fitted
 
 
@@ -369,6 +373,9 @@ def load(cls, directory, backbone=None, **params):
         estimator.n_features_in_ = fitted["n_features_in"]
     if "feature_names_in" in fitted:
         estimator.feature_names_in_ = np.asarray(fitted["feature_names_in"], object)
+    if "freeze_depth" in fitted:
+        estimator.freeze_depth_ = fitted["freeze_depth"]
+        estimator.freeze_search_ = fitted.get("freeze_search", [])
     estimator.initialize()
 
     path = Path(directory) / WEIGHTS_FILE

@@ -145,6 +145,12 @@ def fit_summary(net, rates: str) -> str:
     stages = net._fit_stages
     frozen = stages.frozen_at(1)
     schedule = f", then {stages.depth} (schedule)" if frozen != stages.depth else ""
+    if stages.auto and not stages.chosen:
+        schedule = (
+            f", then fewer by {stages.policy.step} a stage of "
+            f"{stages.policy.stage_epochs} epochs while the validation score "
+            f"gains (freeze='auto', down to {stages.depth})"
+        )
     cache = net.prefix_cache_.info
     if cache.get("enabled"):
         cached = "on: the frozen prefix runs once per sample"

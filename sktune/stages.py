@@ -2,7 +2,8 @@
 
 A fit runs in stages: runs of epochs with the same blocks frozen (one stage
 without a freeze schedule, several with ``Freeze(probe_epochs,
-unfreeze_every)``). :class:`FitStages` is the estimator's collaborator for
+unfreeze_every)``, or as many as the search of ``freeze="auto"`` visits:
+:mod:`sktune._freeze_search`). :class:`FitStages` is the estimator's collaborator for
 them. It knows which blocks are frozen in which epoch, switches the network
 and its frozen-prefix cache from one stage to the next, keeps one
 train/validation split across the stages, and decides what each stage
@@ -29,7 +30,7 @@ from .cache import WholeSplit
 from .data.augment import augment_name, batch_augment
 from .data.loaders import pad_batch
 from .data.text import TextDataset, is_texts, mean_tokens
-from .freeze import apply_freeze, options
+from .freeze import apply_freeze, is_auto, options
 from .progress import bar
 from .schedules import check_schedule, frozen_at, phases
 
@@ -49,13 +50,20 @@ class FitStages:
     n_blocks : int
     freeze
         The ``freeze`` parameter (its schedule, if any).
+    chosen : bool, default=False
+        With ``freeze="auto"``: whether ``depth`` is the depth a fit chose
+        (a fitted network rebuilt), rather than the search's floor.
     """
 
-    def __init__(self, stages, depth: int, n_blocks: int, freeze):
+    def __init__(self, stages, depth: int, n_blocks: int, freeze, chosen=False):
         self.stages = stages
         self.depth = depth
         self.n_blocks = n_blocks
         self.policy = options(freeze)
+        self.auto = is_auto(freeze)
+        # With freeze="auto": the depth being trained (None: as planned).
+        self.current = None
+        self.chosen = chosen or not self.auto
         self.epochs_planned = None
         self.split_indices = None
 
@@ -75,7 +83,11 @@ class FitStages:
 
     def check(self, max_epochs: int) -> None:
         """A schedule must fit in ``max_epochs`` (an error says why not)."""
-        if self.policy.schedules():
+        if self.auto:
+            from ._freeze_search import check_search
+
+            check_search(self.policy, max_epochs)
+        elif self.policy.schedules():
             check_schedule(
                 n_blocks=self.n_blocks,
                 depth=self.depth,
@@ -86,6 +98,8 @@ class FitStages:
 
     def frozen_at(self, epoch: int) -> int:
         """Blocks frozen in ``epoch`` (the policy's own depth without a schedule)."""
+        if self.auto:
+            return self.depth if self.current is None else self.current
         if not self.policy.schedules():
             return self.depth
         return frozen_at(
@@ -104,31 +118,43 @@ class FitStages:
         stage of a new fit knows whether it runs on the cache, before the
         prefix pass.
         """
-        runs = phases(len(net.history_) + 1, epochs, self.frozen_at)
         preprocess = net._network.preprocess
         if preprocess is not None:
             # Set every fit, so that set_params(augment=...) then partial_fit
             # trains with the value set (fit checked it against the input).
             preprocess.augment = batch_augment(net.augment)
         self.epochs_planned = epochs
-        self.split_indices = {} if len(runs) > 1 else None
         try:
+            if not self.chosen:
+                from ._freeze_search import search
+
+                search(self, net, X, y, epochs, loop, announce)
+                return
+            runs = phases(len(net.history_) + 1, epochs, self.frozen_at)
+            self.split_indices = {} if len(runs) > 1 else None
             for n_epochs, n_frozen in runs:
-                self.enter(net, n_frozen)
-                reason = self.cache_reason(net, X, training=True)
-                show = print if net.verbose >= 2 else None
-                cached = net.prefix_cache_.start_fit(reason, show)
-                if announce is not None and len(net.history_) == 0:
-                    announce()
-                loop(self.dataset(net, X, y, cached=cached), n_epochs)
+                self.train_stage(net, X, y, n_frozen, n_epochs, loop, announce)
         finally:
             self.epochs_planned = None
             self.split_indices = None
+
+    def train_stage(self, net, X, y, n_frozen, n_epochs, loop, announce=None):
+        """``n_epochs`` epochs with ``n_frozen`` blocks frozen, on that
+        stage's data (its cache where it serves)."""
+        self.enter(net, n_frozen)
+        reason = self.cache_reason(net, X, training=True)
+        show = print if net.verbose >= 2 else None
+        cached = net.prefix_cache_.start_fit(reason, show)
+        if announce is not None and len(net.history_) == 0:
+            announce()
+        loop(self.dataset(net, X, y, cached=cached), n_epochs)
 
     def enter(self, net, n_frozen: int) -> None:
         """Train with ``n_frozen`` blocks frozen, on that stage's cache."""
         stage = self.stages[n_frozen]
         network = net._network
+        if self.auto:
+            self.current = n_frozen
         apply_freeze(network.backbone, stage.plan)
         network.set_stage(stage.plan, stage.prefix_cache.split)
         net.prefix_cache_ = stage.prefix_cache
@@ -138,7 +164,8 @@ class FitStages:
         fixed = self.split_indices
         if fixed and "indices" in fixed:
             train, valid = fixed["indices"]
-            return Subset(dataset, train), (
+            # train None: every sample (the end of a search on an internal split)
+            return (dataset if train is None else Subset(dataset, train)), (
                 None if valid is None else Subset(dataset, valid)
             )
         train, valid = split()
