@@ -31,8 +31,10 @@ def plot_history(estimator, *, ax=None):
     Draws the training loss and, when the fit held out a validation split,
     the validation loss; a validation score skorch recorded (``valid_acc``)
     goes on a second y axis. Epochs where the number of frozen blocks changes
-    (``Freeze(probe_epochs=..., unfreeze_every=...)``) get a dotted vertical
-    line.
+    (``Freeze(probe_epochs=..., unfreeze_every=...)``, or the stages of
+    ``freeze="auto"``) get a dotted vertical line; the epochs of a
+    ``freeze="auto"`` search are shaded, and the line where the fit goes on
+    at the depth it chose says so.
 
     Parameters
     ----------
@@ -61,24 +63,37 @@ def plot_history(estimator, *, ax=None):
     ax = _axes(ax)
     epochs = np.asarray(history[:, "epoch"])
     for key, label in (("train_loss", "train loss"), ("valid_loss", "valid loss")):
-        values = _column(history, key)
-        if values is not None:
-            ax.plot(epochs, values, marker="o", label=label)
+        # (freeze="auto" on an internal split validates its search epochs only)
+        xs, values = _partial(history, key)
+        if len(xs):
+            ax.plot(xs, values, marker="o", label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     frozen = _column(history, "frozen_blocks")
+    searched = _column(history, "freeze_search")
+    if searched is not None and searched.any():
+        first, last = epochs[searched > 0][[0, -1]]
+        ax.axvspan(
+            first - 0.5,
+            last + 0.5,
+            color="grey",
+            alpha=0.12,
+            label="freeze='auto' search",
+        )
     if frozen is not None:
         for i in np.flatnonzero(np.diff(frozen)) + 1:
+            chosen = searched is not None and searched[i - 1] > searched[i]
             ax.axvline(
                 epochs[i] - 0.5,
                 color="grey",
                 linestyle=":",
-                label=f"{int(frozen[i])} block{'' if frozen[i] == 1 else 's'} "
+                label=("chosen: " if chosen else "")
+                + f"{int(frozen[i])} block{'' if frozen[i] == 1 else 's'} "
                 f"frozen from epoch {epochs[i]}",
             )
     scores = [
         k
-        for k in history[-1]
+        for k in dict.fromkeys(k for row in history for k in row)
         if k.startswith("valid_")
         and k not in ("valid_loss", "valid_batch_count")
         and not k.endswith("_best")
@@ -87,9 +102,9 @@ def plot_history(estimator, *, ax=None):
     if scores:
         twin = ax.twinx()
         for key in scores:
-            values = _column(history, key)
-            if values is not None:
-                twin.plot(epochs, values, color="C2", marker="s", label=key)
+            xs, values = _partial(history, key)
+            if len(xs):
+                twin.plot(xs, values, color="C2", marker="s", label=key)
         twin.set_ylabel(", ".join(scores))
         more, more_labels = twin.get_legend_handles_labels()
         handles, labels = handles + more, labels + more_labels
@@ -114,6 +129,15 @@ def _column(history, key):
     except KeyError:
         return None
     return np.asarray(values, dtype=float)
+
+
+def _partial(history, key):
+    """The epochs that recorded ``key``, and its values there."""
+    rows = [row for row in history if key in row]
+    return (
+        np.asarray([row["epoch"] for row in rows]),
+        np.asarray([row[key] for row in rows], dtype=float),
+    )
 
 
 def plot_search(search, param, *, ax=None):

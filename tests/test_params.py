@@ -340,6 +340,35 @@ BAD = [
         first=False,
     ),
     Bad(
+        "freeze-auto-tol",
+        {"freeze": Freeze("auto", tol=-0.1)},
+        InvalidParameterError,
+        r"freeze__tol=-0.1 is not valid; use a non-negative number",
+    ),
+    Bad(
+        "freeze-auto-restarts",
+        {"freeze": "auto", "n_restarts": 2},
+        InvalidParameterError,
+        r"n_restarts=2 is not valid with freeze='auto'; use n_restarts=1",
+    ),
+    Bad(
+        # Checked against max_epochs once the network is built, as a schedule.
+        "freeze-auto-stage-epochs",
+        {"freeze": Freeze("auto", stage_epochs=2), "max_epochs": 5},
+        InvalidParameterError,
+        r"freeze__stage_epochs=2 does not fit max_epochs=5",
+        ("array", "image"),
+        first=False,
+    ),
+    Bad(
+        "freeze-auto-min-frozen",
+        {"freeze": Freeze("auto", min_frozen=3)},
+        ValueError,
+        r"freeze__min_frozen=3 leaves no depth to search: the backbone has 3 blocks",
+        ("array", "image"),
+        first=False,
+    ),
+    Bad(
         "lr",
         {"lr": -1e-3},
         InvalidParameterError,
