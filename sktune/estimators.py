@@ -33,12 +33,15 @@ _COMMON_PARAMS = """
         replaced by the fresh head. ``Backbone(spec, weights=PATH)`` loads
         local weights instead of downloading them. A :class:`sktune.Backbone`
         keeps the pristine weights shared between clones.
-    freeze : None, int, float, "all", list of str or Freeze, default=None
+    freeze : None, int, float, "all", "auto", list of str or Freeze, default=None
         Which part of the backbone stays frozen, counted in blocks from the
         input side (see ``describe()`` and ``n_blocks_``): None or 0 trains
         everything; ``k`` freezes the first k blocks; ``-k`` all but the last
         k; a float in [0, 1] that fraction of the blocks (rounded down);
-        ``"all"`` trains the head only (linear probe); a list of fnmatch
+        ``"all"`` trains the head only (linear probe); ``"auto"`` chooses
+        the depth in the fit, unfreezing one block more per stage while the
+        validation score gains (``Freeze("auto", stage_epochs, step, tol,
+        min_frozen)`` sets the search; see ``freeze_depth_``); a list of fnmatch
         patterns freezes the matching parameter names; a :class:`Freeze`
         adds options: BitFit (``train_bias``), LP-FT (``probe_epochs``),
         gradual unfreezing (``unfreeze_every``). Frozen parts run in eval
@@ -210,6 +213,14 @@ _COMMON_ATTRIBUTES = """
     backbone_lr_ : float
         The learning rate the backbone's top trainable block trained at
         (``backbone_lr`` resolved; set when the optimizer is built).
+    freeze_depth_ : int
+        With ``freeze="auto"``: the number of blocks frozen at the depth the
+        search chose (the fit finished there).
+    freeze_search_ : list of dict
+        With ``freeze="auto"``: each stage of the search, in order, with its
+        ``depth`` (blocks frozen), ``epochs``, validation ``score``
+        (accuracy, or minus the loss for a regressor), ``valid_loss`` and
+        ``seconds``; ``history_`` marks its epochs (``freeze_search``).
     restarts_ : list of dict
         With ``n_restarts > 1``: each restart's ``init_seed``, ``data_seed``
         and validation ``score``; ``best_restart_`` is the one kept.
