@@ -234,6 +234,16 @@ def test_adapters_only_in_the_blocks_the_search_may_unfreeze(blobs):
     assert blocks_training == set(BLOCKS[clf.freeze_depth_ :])
 
 
+def test_a_schedule_and_sample_weights_compose(blobs):
+    X, y = blobs
+    clf = auto(lr_schedule="linear", max_epochs=6).fit(
+        X, y, sample_weight=np.where(y == 0, 2.0, 1.0)
+    )
+    assert len(clf.history_) == 6 and clf.freeze_depth_ in {3, 2}
+    lrs = [g["lr"] for g in clf.optimizer_.param_groups]
+    assert all(lr < 1e-2 for lr in lrs)  # decayed over all 6 epochs
+
+
 def test_layer_decay_and_precision_compose(blobs):
     X, y = blobs
     clf = auto(
