@@ -99,9 +99,13 @@ def _holdout(y, regression: bool, seed) -> tuple[np.ndarray, np.ndarray]:
     stratify = None
     # Multilabel targets (2-D) are split unstratified: stratifying on each
     # row's combination of labels fails wherever a combination is unique.
+    # Stratified where it can be: two samples of every class, and a holdout
+    # (and the rest) with room for each class.
     if not regression and np.ndim(y) == 1:
         _, counts = np.unique(y, return_counts=True)
-        stratify = y if counts.min() >= 2 else None
+        n_test = int(np.ceil(HOLDOUT * len(y)))
+        room = min(n_test, len(y) - n_test) >= len(counts)
+        stratify = y if counts.min() >= 2 and room else None
     return train_test_split(
         indices,
         test_size=HOLDOUT,

@@ -355,3 +355,12 @@ def test_images_with_a_cnn(images):
     assert [s["depth"] for s in clf.freeze_search_][:2] == [3, 2]
     assert clf.freeze_depth_ in {s["depth"] for s in clf.freeze_search_}
     assert clf.cache_info_["enabled"]
+
+
+def test_more_classes_than_the_holdout_holds(blobs):
+    # 20 samples, 10 classes: a 4-sample holdout cannot hold every class, so
+    # it is drawn unstratified (as the restarts' is).
+    X, _ = blobs
+    y = np.arange(20) % 10
+    clf = auto(max_epochs=6).fit(X[:20], y)
+    assert len(clf.freeze_search_) == 2
