@@ -10,8 +10,8 @@ predicts from paths, and is saved and loaded again.
     python examples/photo_folder.py [FOLDER] [--quick]
 
 FOLDER defaults to the ant and bee photos of ``../shared/data/hymenoptera/
-train`` (245 photos). About 6 minutes on 2 CPU cores; ``--quick`` (128 px,
-2 epochs, 2 folds) takes about 2.
+train`` (245 photos). About 6 minutes on 2 CPU cores; ``--quick`` runs the
+same steps smaller (128 px, 2 epochs, 2 folds).
 """
 
 import argparse
