@@ -10,10 +10,10 @@ frozen-prefix cache makes the early, mostly frozen stages nearly free:
    continues from the weights the stage before left (head included); every
    stage trains ``stage_epochs`` epochs and is scored on a validation split
    at its end;
-3. the search stops at the first stage whose score does not gain ``tol``
-   over the best so far (patience of one stage), at the floor
-   ``min_frozen``, or when the next stage would leave fewer than
-   ``stage_epochs`` of ``max_epochs`` to finish;
+3. the search stops after ``patience`` stages in a row whose score does
+   not gain ``tol`` over the best so far, at the floor ``min_frozen``, or
+   when the next stage would leave fewer than ``stage_epochs`` of
+   ``max_epochs`` to finish;
 4. the best stage's weights are restored (the parameters the search may
    train, the head's, every buffer) with the optimizer's state of that
    moment; the state of parameters frozen again is dropped, so frozen
@@ -94,7 +94,7 @@ def search(stages, net, X, y, epochs: int, loop, announce) -> None:
         stages.split_indices = {"indices": (train, valid)}
     else:
         stages.split_indices = {}  # the first stage's split, for all
-    results, best = [], None
+    results, best, misses = [], None, 0
     for n_frozen in depths:
         start = time.perf_counter()
         stages.train_stage(net, X, y, n_frozen, length, loop, announce)
@@ -109,9 +109,11 @@ def search(stages, net, X, y, epochs: int, loop, announce) -> None:
             }
         )
         if best is None or _gains(score, loss, results[best[0]], policy.tol):
-            best = (len(results) - 1, _snapshot(net))
+            best, misses = (len(results) - 1, _snapshot(net)), 0
         else:
-            break
+            misses += 1
+            if misses >= policy.patience:
+                break
     index, state = best
     chosen = results[index]["depth"]
     _restore(net, state)

@@ -99,6 +99,11 @@ class Freeze(NestedParams):
     min_frozen : int, default=0
         ``depth="auto"`` only: the floor, the fewest blocks the search
         leaves frozen (0: it may reach the full fine-tune).
+    patience : int, default=2
+        ``depth="auto"`` only: the stages in a row without a gain after
+        which the search stops (one stage's score on a small split is
+        noisy: with 1, MiniLM's search stopped one stage before the depths
+        that scored best; see ``benchmarks/auto_freeze.py``).
 
     Notes
     -----
@@ -117,12 +122,14 @@ class Freeze(NestedParams):
     then ``step`` more blocks from the output side per stage, each stage
     ``stage_epochs`` epochs long and scored on a validation split (the
     estimator's ``train_split``, else an internal stratified 20%), until a
-    stage gains less than ``tol`` or the floor ``min_frozen`` is reached.
+    ``patience`` stages in a row gain less than ``tol``, or the floor
+    ``min_frozen`` is reached.
     The best stage's weights are kept and the fit finishes at its depth for
     the rest of ``max_epochs`` (on all the data where the split was
     internal). The search uses at most ``max_epochs - stage_epochs`` epochs,
     so ``max_epochs`` must be at least ``3 * stage_epochs``. The fields
-    ``stage_epochs``, ``step``, ``tol`` and ``min_frozen`` are ignored at
+    ``stage_epochs``, ``step``, ``tol``, ``min_frozen`` and ``patience`` are
+    ignored at
     any other depth; the defaults are provisional until the benchmark
     (``benchmarks/auto_freeze.py``) has measured them.
 
@@ -153,6 +160,7 @@ class Freeze(NestedParams):
             lambda v: is_real(v) and v >= 0,
         ),
         "min_frozen": Constraint("a non-negative int", lambda v: is_int(v, 0)),
+        "patience": Constraint("a positive int", lambda v: is_int(v, 1)),
     }
 
     def __init__(
@@ -166,6 +174,7 @@ class Freeze(NestedParams):
         step=1,
         tol=0.0,
         min_frozen=0,
+        patience=2,
     ):
         self.depth = depth
         self.train_bn = train_bn
@@ -176,6 +185,7 @@ class Freeze(NestedParams):
         self.step = step
         self.tol = tol
         self.min_frozen = min_frozen
+        self.patience = patience
 
     def schedules(self) -> bool:
         """Whether the frozen depth changes during a fit."""

@@ -107,7 +107,7 @@ def test_the_search_stops_by_the_tolerance_and_keeps_the_best_weights(blobs):
     X, y = blobs
     stages = Stages()
     # No stage can gain a whole point of accuracy: the head alone is kept.
-    clf = auto(freeze=Freeze("auto", tol=1.0), callbacks=[stages]).fit(X, y)
+    clf = auto(freeze=Freeze("auto", tol=1.0, patience=1), callbacks=[stages]).fit(X, y)
     assert [s["depth"] for s in clf.freeze_search_] == [3, 2]
     assert clf.freeze_depth_ == 3
     rows = stages.rows
@@ -122,6 +122,15 @@ def test_the_search_stops_by_the_tolerance_and_keeps_the_best_weights(blobs):
         assert torch.equal(pristine[key], after[key]), key
     assert first_final["training"] == []
     assert sorted(first_final["with_state"]) == ["head.bias", "head.weight"]
+
+
+def test_patience_is_the_stages_in_a_row_without_a_gain(blobs):
+    X, y = blobs
+    # No stage gains a whole point: patience 2 tries two deeper stages
+    # before it stops, and keeps the first.
+    clf = auto(freeze=Freeze("auto", tol=1.0, patience=2), max_epochs=12).fit(X, y)
+    assert [s["depth"] for s in clf.freeze_search_] == [3, 2, 1]
+    assert clf.freeze_depth_ == 3
 
 
 def test_the_internal_split_never_trains_in_the_search_and_the_end_sees_all(blobs):
@@ -155,7 +164,7 @@ def test_a_given_train_split_scores_the_stages_and_stays(blobs):
 
 def test_the_prefix_cache_serves_each_stage(blobs):
     X, y = blobs
-    clf = auto(freeze=Freeze("auto", tol=1.0)).fit(X, y)
+    clf = auto(freeze=Freeze("auto", tol=1.0, patience=1)).fit(X, y)
     info = clf.cache_info_
     assert info["enabled"]
     # Stage 1 (all frozen) and stage 2 (one block unfrozen) each pass their
@@ -262,7 +271,7 @@ def test_layer_decay_and_precision_compose(blobs):
 
 def test_save_and_load_predict_the_same(blobs, tmp_path):
     X, y = blobs
-    clf = auto(freeze=Freeze("auto", tol=1.0)).fit(X, y)
+    clf = auto(freeze=Freeze("auto", tol=1.0, patience=1)).fit(X, y)
     clf2 = auto(max_epochs=6).fit(X, y)
     for i, fitted in enumerate((clf, clf2)):
         fitted.save_pretrained(tmp_path / str(i))
@@ -279,7 +288,7 @@ def test_plot_history_shades_the_search(blobs):
     import matplotlib.pyplot as plt
 
     X, y = blobs
-    clf = auto(freeze=Freeze("auto", tol=1.0)).fit(X, y)
+    clf = auto(freeze=Freeze("auto", tol=1.0, patience=1)).fit(X, y)
     ax = plot_history(clf)
     labels = [h.get_label() for h in [*ax.get_lines(), *ax.patches]]
     assert "freeze='auto' search" in labels
@@ -340,8 +349,8 @@ def test_a_single_block_backbone_is_refused(blobs):
 
 def test_unknown_options_are_refused():
     clf = auto(freeze=Freeze("auto"))
-    with pytest.raises(ValueError, match=r"Invalid parameter 'patience'"):
-        clf.set_params(freeze__patience=2)
+    with pytest.raises(ValueError, match=r"Invalid parameter 'gamma'"):
+        clf.set_params(freeze__gamma=2)
     with pytest.raises(ValueError, match=r"freeze='auto' has no nested parameters"):
         auto().set_params(freeze__tol=0.1)
 

@@ -346,6 +346,12 @@ BAD = [
         r"freeze__tol=-0.1 is not valid; use a non-negative number",
     ),
     Bad(
+        "freeze-auto-patience",
+        {"freeze": Freeze("auto", patience=0)},
+        InvalidParameterError,
+        r"freeze__patience=0 is not valid; use a positive int",
+    ),
+    Bad(
         "freeze-auto-restarts",
         {"freeze": "auto", "n_restarts": 2},
         InvalidParameterError,
