@@ -107,7 +107,7 @@ def test_the_search_stops_by_the_tolerance_and_keeps_the_best_weights(blobs):
     X, y = blobs
     stages = Stages()
     # No stage can gain a whole point of accuracy: the head alone is kept.
-    clf = auto(freeze=Freeze("auto", tol=1.0, patience=1), callbacks=[stages]).fit(X, y)
+    clf = auto(freeze=Freeze("auto", tol=1.0), callbacks=[stages]).fit(X, y)
     assert [s["depth"] for s in clf.freeze_search_] == [3, 2]
     assert clf.freeze_depth_ == 3
     rows = stages.rows
@@ -164,7 +164,7 @@ def test_a_given_train_split_scores_the_stages_and_stays(blobs):
 
 def test_the_prefix_cache_serves_each_stage(blobs):
     X, y = blobs
-    clf = auto(freeze=Freeze("auto", tol=1.0, patience=1)).fit(X, y)
+    clf = auto(freeze=Freeze("auto", tol=1.0)).fit(X, y)
     info = clf.cache_info_
     assert info["enabled"]
     # Stage 1 (all frozen) and stage 2 (one block unfrozen) each pass their
@@ -271,7 +271,7 @@ def test_layer_decay_and_precision_compose(blobs):
 
 def test_save_and_load_predict_the_same(blobs, tmp_path):
     X, y = blobs
-    clf = auto(freeze=Freeze("auto", tol=1.0, patience=1)).fit(X, y)
+    clf = auto(freeze=Freeze("auto", tol=1.0)).fit(X, y)
     clf2 = auto(max_epochs=6).fit(X, y)
     for i, fitted in enumerate((clf, clf2)):
         fitted.save_pretrained(tmp_path / str(i))
@@ -288,7 +288,7 @@ def test_plot_history_shades_the_search(blobs):
     import matplotlib.pyplot as plt
 
     X, y = blobs
-    clf = auto(freeze=Freeze("auto", tol=1.0, patience=1)).fit(X, y)
+    clf = auto(freeze=Freeze("auto", tol=1.0)).fit(X, y)
     ax = plot_history(clf)
     labels = [h.get_label() for h in [*ax.get_lines(), *ax.patches]]
     assert "freeze='auto' search" in labels
