@@ -194,7 +194,7 @@ def test_a_backbone_without_an_input_size_needs_image_size(photos):
 
 
 def test_strings_are_paths_for_an_image_backbone_and_say_so(photos):
-    with pytest.raises(ValueError, match="none is a file: .* strings are paths of"):
+    with pytest.raises(ValueError, match=r"none is a file: .* strings are paths of"):
         classifier().fit(["a great film", "a dull film"], [1, 0])
 
 
