@@ -28,15 +28,12 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import reprlib
+import sys
 from dataclasses import astuple, dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.functional import pil_modes_mapping
 
 __all__ = [
     "PhotoDataset",
@@ -47,15 +44,44 @@ __all__ = [
     "photo_workers",
 ]
 
-_REPR = reprlib.Repr()
-_REPR.maxother = 60
 #: Errors listed in full before the rest are only counted.
 _MAX_LISTED = 10
 
 
+#: Pillow's resampling filters by the names timm and torchvision give them.
+_FILTERS = {
+    "nearest": 0,
+    "nearest-exact": 0,
+    "lanczos": 1,
+    "bilinear": 2,
+    "bicubic": 3,
+    "box": 4,
+    "hamming": 5,
+}
+
+
+def _pil():
+    """Pillow's Image module (the vision extra, a dependency of torchvision)."""
+    try:
+        from PIL import Image
+    except ImportError as exc:  # pragma: no cover - Pillow comes with torchvision
+        raise ImportError(
+            "Photo input (paths, PIL images, pictures of any size) needs Pillow: "
+            "pip install 'sktune[vision]'."
+        ) from exc
+    return Image
+
+
+def _is_pil(item) -> bool:
+    """Whether ``item`` is a PIL image (without importing Pillow: one exists
+    only where Pillow was imported)."""
+    image = sys.modules.get("PIL.Image")
+    return image is not None and isinstance(item, image.Image)
+
+
 def is_photo(item) -> bool:
     """Whether ``item`` is one photo: a path, a PIL image or a uint8 picture."""
-    if isinstance(item, (str, np.str_, os.PathLike, Image.Image)):
+    if isinstance(item, (str, np.str_, os.PathLike)) or _is_pil(item):
         return True
     return (
         isinstance(item, np.ndarray)
@@ -121,7 +147,7 @@ class PhotoSpec:
         else:
             size = (int(image_size), int(image_size))
         interpolation = str(config.get("interpolation", "bilinear"))
-        if interpolation not in {mode.value for mode in InterpolationMode}:
+        if interpolation not in _FILTERS:
             interpolation = "bilinear"  # timm's "random" is a training setting
         return cls(size, float(config.get("crop_pct", 1.0)), interpolation, channels)
 
@@ -148,12 +174,15 @@ def decode(source, spec: PhotoSpec) -> np.ndarray:
     OSError, ValueError, UnidentifiedImageError
         For a file that is missing, not an image, or truncated.
     """
+    from PIL import ImageOps
+
+    Image = _pil()
     height, width = spec.size
     cover = (math.floor(height / spec.crop_pct), math.floor(width / spec.crop_pct))
     if isinstance(source, np.ndarray):
         gray = source.ndim == 3 and source.shape[2] == 1
         image = Image.fromarray(source[..., 0] if gray else source)
-    elif isinstance(source, Image.Image):
+    elif _is_pil(source):
         image = source
     else:
         image = Image.open(os.fspath(source))
@@ -172,8 +201,7 @@ def decode(source, spec: PhotoSpec) -> np.ndarray:
     left = round((resized[1] - width) / 2.0)
     sy, sx = image.height / resized[0], image.width / resized[1]
     box = (left * sx, top * sy, (left + width) * sx, (top + height) * sy)
-    mode = pil_modes_mapping[InterpolationMode(spec.interpolation)]
-    image = image.resize((width, height), mode, box=box)
+    image = image.resize((width, height), _FILTERS[spec.interpolation], box=box)
     pixels = np.array(image, dtype=np.uint8)  # writable: torch takes it as is
     return pixels[..., None] if pixels.ndim == 2 else pixels
 
@@ -186,7 +214,7 @@ def _covering(h: int, w: int, cover: tuple[int, int]) -> list[int]:
     return [max(cover[0], int(h * cover[1] / w)), cover[1]]
 
 
-def _upright_size(image: Image.Image) -> tuple[int, int]:
+def _upright_size(image) -> tuple[int, int]:
     """The (width, height) after the EXIF orientation is applied."""
     orientation = image.getexif().get(0x0112, 1)
     if orientation in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
@@ -194,7 +222,7 @@ def _upright_size(image: Image.Image) -> tuple[int, int]:
     return image.width, image.height
 
 
-def _converted(image: Image.Image, channels: int) -> Image.Image:
+def _converted(image, channels: int):
     """``image`` in RGB (3 channels) or L (1), from any Pillow mode.
 
     16-bit and 32-bit integer modes span their full range (a 16-bit PNG's
@@ -209,7 +237,7 @@ def _converted(image: Image.Image, channels: int) -> Image.Image:
             65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
         )
         gray = np.clip(values * (255.0 / top), 0, 255).round().astype(np.uint8)
-        image = Image.fromarray(gray)
+        image = _pil().fromarray(gray)
     elif image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return image if image.mode == target else image.convert(target)
@@ -218,9 +246,9 @@ def _converted(image: Image.Image, channels: int) -> Image.Image:
 def _check(source, spec: PhotoSpec) -> None:
     """Decode a file at its smallest reduced size: it exists, is an image and
     is complete (a truncated JPEG fails even at 1/8 scale)."""
-    if isinstance(source, (np.ndarray, Image.Image)):
+    if isinstance(source, np.ndarray) or _is_pil(source):
         return
-    with Image.open(os.fspath(source)) as image:
+    with _pil().open(os.fspath(source)) as image:
         image.draft(None, (1, 1))
         image.load()
 
@@ -230,6 +258,8 @@ def _reason(exc: BaseException) -> str:
         return "no such file"
     if isinstance(exc, IsADirectoryError):
         return "a directory, not a file"
+    from PIL import UnidentifiedImageError
+
     if isinstance(exc, UnidentifiedImageError):
         return "not an image Pillow can read"
     return f"{type(exc).__name__}: {exc}"
@@ -392,7 +422,7 @@ class Photos:
 
 def _shown(source) -> str:
     """A source as errors name it: a path in full, in quotes."""
-    if isinstance(source, Image.Image):
+    if _is_pil(source):
         return f"<PIL image {source.mode} {source.width}x{source.height}>"
     if isinstance(source, np.ndarray):
         return f"<uint8 array {'x'.join(map(str, source.shape))}>"
@@ -401,7 +431,7 @@ def _shown(source) -> str:
 
 def _digest(source) -> bytes:
     digest = hashlib.blake2b(digest_size=16)
-    if isinstance(source, Image.Image):
+    if _is_pil(source):
         digest.update(repr(("pil", source.mode, source.size)).encode())
         digest.update(source.tobytes())
     elif isinstance(source, np.ndarray):
