@@ -140,7 +140,9 @@ def run_task(name, backbone, params, split, epochs, stage, folds, max_depths):
     final.fit(X_train, y_train)
     grid_seconds = time.perf_counter() - start
     grid_acc = final.score(X_test, y_test)
-    search = ", ".join(f"{s['depth']}: {s['score']:.3f}" for s in auto.freeze_search_)
+    search = ", ".join(
+        f"{s['depth']}: {s['valid_loss']:.3f}" for s in auto.freeze_search_
+    )
     rows = [
         f"| {name} | auto | {auto.freeze_depth_} of {n_blocks} | {auto_acc:.3f} | "
         f"{auto_seconds:.0f} | {search} |",
@@ -193,7 +195,7 @@ def main() -> None:
             f"candidate, the best refit for {epochs})**",
             "",
             "| task | method | depth picked (blocks frozen) | held-out accuracy | "
-            "seconds | validation score by depth |",
+            "seconds | by depth: auto, validation loss; grid, 3-fold accuracy |",
             "|---|---|---|---|---|---|",
             *rows,
         ]

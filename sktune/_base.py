@@ -857,10 +857,11 @@ def _searched(net) -> str:
     depth = getattr(net, "freeze_depth_", None)
     if depth is None or not is_auto(net.freeze):
         return ""
-    scores = ", ".join(
-        f"{s['depth']}: {s['score']:.4g}" for s in getattr(net, "freeze_search_", [])
+    losses = ", ".join(
+        f"{s['depth']}: {s['valid_loss']:.4g}"
+        for s in getattr(net, "freeze_search_", [])
     )
     return (
         f"\nfreeze='auto' chose depth {depth} ({depth} of {net.n_blocks_} blocks "
-        f"frozen); validation score by depth: {scores}"
+        f"frozen); validation loss by depth: {losses}"
     )

@@ -218,9 +218,9 @@ _COMMON_ATTRIBUTES = """
         search chose (the fit finished there).
     freeze_search_ : list of dict
         With ``freeze="auto"``: each stage of the search, in order, with its
-        ``depth`` (blocks frozen), ``epochs``, validation ``score``
-        (accuracy, or minus the loss for a regressor), ``valid_loss`` and
-        ``seconds``; ``history_`` marks its epochs (``freeze_search``).
+        ``depth`` (blocks frozen), ``epochs``, ``valid_loss`` and the
+        ``score`` chosen by (minus the loss), a classifier's ``valid_acc``,
+        and ``seconds``; ``history_`` marks its epochs (``freeze_search``).
     restarts_ : list of dict
         With ``n_restarts > 1``: each restart's ``init_seed``, ``data_seed``
         and validation ``score``; ``best_restart_`` is the one kept.

@@ -92,10 +92,9 @@ class Freeze(NestedParams):
         ``depth="auto"`` only: the blocks each stage unfreezes beyond the
         one before (from the output side).
     tol : float, default=0.0
-        ``depth="auto"`` only: the least gain in validation score (accuracy
-        for a classifier, minus the loss for a regressor) a deeper stage
-        needs for the search to go on. With 0: a higher score, or the same
-        score at a lower validation loss.
+        ``depth="auto"`` only: the least decrease of the validation loss a
+        deeper stage needs to count as a gain (the stages are scored on the
+        loss, for classifiers too: see :mod:`sktune._freeze_search`).
     min_frozen : int, default=0
         ``depth="auto"`` only: the floor, the fewest blocks the search
         leaves frozen (0: it may reach the full fine-tune).
@@ -156,7 +155,7 @@ class Freeze(NestedParams):
         "stage_epochs": Constraint("a positive int", lambda v: is_int(v, 1)),
         "step": Constraint("a positive int", lambda v: is_int(v, 1)),
         "tol": Constraint(
-            "a non-negative number (a gain in validation score)",
+            "a non-negative number (a decrease of the validation loss)",
             lambda v: is_real(v) and v >= 0,
         ),
         "min_frozen": Constraint("a non-negative int", lambda v: is_int(v, 0)),

@@ -93,7 +93,9 @@ def test_the_depth_chosen_is_the_best_scored_stage(blobs):
     X, y = blobs
     clf = auto(max_epochs=12).fit(X, y)
     search = clf.freeze_search_
-    best = max(search, key=lambda s: (s["score"], -s["valid_loss"]))
+    best = max(search, key=lambda s: s["score"])
+    # Scored on the validation loss, the accuracy recorded beside it.
+    assert all(s["score"] == -s["valid_loss"] and "valid_acc" in s for s in search)
     assert clf.freeze_depth_ == best["depth"]
     # The search stopped at the first stage that did not gain, or the budget.
     chosen = [s["depth"] for s in search].index(clf.freeze_depth_)
@@ -157,9 +159,11 @@ def test_a_given_train_split_scores_the_stages_and_stays(blobs):
     X, y = blobs
     clf = auto(train_split=ValidSplit(5, stratified=True)).fit(X, y)
     accs = clf.history_[:, "valid_acc"]
+    losses = clf.history_[:, "valid_loss"]
     assert len(accs) == 10  # validated in every epoch, the last ones too
     ends = np.cumsum([s["epochs"] for s in clf.freeze_search_]) - 1
-    assert [s["score"] for s in clf.freeze_search_] == [accs[i] for i in ends]
+    assert [s["score"] for s in clf.freeze_search_] == [-losses[i] for i in ends]
+    assert [s["valid_acc"] for s in clf.freeze_search_] == [accs[i] for i in ends]
 
 
 def test_the_prefix_cache_serves_each_stage(blobs):
