@@ -332,3 +332,14 @@ def test_resize_and_crop_follow_timms_evaluation_transform(tmp_path):
     theirs = timm(image).permute(1, 2, 0).numpy() * 255
     assert ours.shape == theirs.shape
     assert np.abs(ours - theirs).mean() < 3
+
+
+def test_embed_and_partial_fit_take_photos(photos):
+    paths, y = photos
+    clf = classifier(freeze="all")
+    clf.partial_fit(paths, y, classes=[0, 1])
+    clf.partial_fit(paths[:8], y[:8])  # decoded the way the first call fixed
+    assert len(clf.history_) == 6
+    features = clf.embed(paths)
+    assert features.shape == (len(paths), 8)
+    np.testing.assert_allclose(clf.embed(paths[:3]), features[:3], atol=1e-6)
