@@ -48,6 +48,7 @@ from skorch.exceptions import NotInitializedError
 from torch.utils.data import Dataset
 
 from ._builder import build_network
+from ._freeze_search import describe_search
 from ._params import (
     CONSTRAINTS,
     NETWORK_PARAMS,
@@ -848,20 +849,5 @@ class FineTuneMixin(PretrainedMixin):
                 rates=rates["params"],
             )
             + f"\nlearning rates: {format_rates(rates)}"
-            + _searched(self)
+            + describe_search(self)
         )
-
-
-def _searched(net) -> str:
-    """describe()'s line on the depth freeze="auto" chose ("" without one)."""
-    depth = getattr(net, "freeze_depth_", None)
-    if depth is None or not is_auto(net.freeze):
-        return ""
-    losses = ", ".join(
-        f"{s['depth']}: {s['valid_loss']:.4g}"
-        for s in getattr(net, "freeze_search_", [])
-    )
-    return (
-        f"\nfreeze='auto' chose depth {depth} ({depth} of {net.n_blocks_} blocks "
-        f"frozen); validation loss by depth: {losses}"
-    )

@@ -49,8 +49,9 @@ import numpy as np
 
 from ._constraints import InvalidParameterError
 from ._restarts import _holdout
+from .freeze import is_auto
 
-__all__ = ["check_search", "search", "stage_score"]
+__all__ = ["check_search", "describe_search", "search", "stage_score"]
 
 
 def check_search(policy, max_epochs: int) -> None:
@@ -179,3 +180,18 @@ def _drop_frozen_state(net) -> None:
         if name not in net._trainable:
             p.grad = None
             optimizer.state.pop(p, None)
+
+
+def describe_search(net) -> str:
+    """describe()'s line on the depth freeze="auto" chose ("" without one)."""
+    depth = getattr(net, "freeze_depth_", None)
+    if depth is None or not is_auto(net.freeze):
+        return ""
+    losses = ", ".join(
+        f"{s['depth']}: {s['valid_loss']:.4g}"
+        for s in getattr(net, "freeze_search_", [])
+    )
+    return (
+        f"\nfreeze='auto' chose depth {depth} ({depth} of {net.n_blocks_} blocks "
+        f"frozen); validation loss by depth: {losses}"
+    )
