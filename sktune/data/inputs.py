@@ -284,17 +284,34 @@ _REPR = reprlib.Repr()  # samples shown in errors: long texts cut short
 _REPR.maxstring = _REPR.maxother = 40
 
 
+def _one_column(X, param: str, wrong: str):
+    """The samples of ``X``: a DataFrame's or 2-D array's one column, else
+    ``X`` itself; ``wrong`` says what to pass instead of more columns."""
+    values = X.to_numpy() if hasattr(X, "to_numpy") else X
+    if isinstance(values, np.ndarray) and values.ndim == 2:
+        if values.shape[1] != 1:
+            raise ValueError(f"{param} has {values.shape[1]} {wrong}.")
+        values = values[:, 0]
+    return values
+
+
+def _check_not_empty(samples, param: str) -> None:
+    if not len(samples):
+        raise ValueError(
+            f"{param} is empty: found 0 samples, a minimum of 1 is required."
+        )
+
+
 def _texts(X, kind: str, param: str = "X") -> np.ndarray:
     """Return ``X`` as texts (:func:`~sktune.data.text.as_texts`), checking every
     entry: a string each, or a pair of exactly two strings each."""
     values = X.to_numpy() if hasattr(X, "to_numpy") else X
-    if isinstance(values, np.ndarray) and kind == "text" and values.ndim == 2:
-        if values.shape[1] != 1:
-            raise ValueError(
-                f"{param} has {values.shape[1]} text columns; use one column of "
-                "texts or two columns of sentence pairs."
-            )
-        values = values[:, 0]
+    if kind == "text":
+        values = _one_column(
+            values,
+            param,
+            "text columns; use one column of texts or two columns of sentence pairs",
+        )
     out = []
     for i, item in enumerate(values):
         if kind == "text":
@@ -314,24 +331,16 @@ def _texts(X, kind: str, param: str = "X") -> np.ndarray:
                 "allowed)."
             )
         out.append((str(parts[0]), str(parts[1])))
-    if not out:
-        raise ValueError(
-            f"{param} is empty: found 0 samples, a minimum of 1 is required."
-        )
+    _check_not_empty(out, param)
     return as_texts(out)
 
 
 def _photos(X, param: str = "X") -> Photos:
     """``X`` as :class:`~sktune.data.photos.Photos`, checking every entry:
     a path, a PIL image or a uint8 ``H x W (x C)`` picture each."""
-    values = X.to_numpy() if hasattr(X, "to_numpy") else X
-    if isinstance(values, np.ndarray) and values.ndim == 2:
-        if values.shape[1] != 1:
-            raise ValueError(
-                f"{param} has {values.shape[1]} columns of photos; use one column "
-                "of paths (or PIL images)."
-            )
-        values = values[:, 0]
+    values = _one_column(
+        X, param, "columns of photos; use one column of paths (or PIL images)"
+    )
     sources = []
     for i, item in enumerate(values):
         if not is_photo(item):
@@ -342,10 +351,7 @@ def _photos(X, param: str = "X") -> Photos:
                 "channels)."
             )
         sources.append(str(item) if isinstance(item, np.str_) else item)
-    if not sources:
-        raise ValueError(
-            f"{param} is empty: found 0 samples, a minimum of 1 is required."
-        )
+    _check_not_empty(sources, param)
     return Photos(sources)
 
 
