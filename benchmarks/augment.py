@@ -27,8 +27,6 @@ numbers mean nothing.
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,7 +35,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, SHARED, ants_bees, efficientnet
+from common import SHARED, ants_bees, efficientnet, provenance, publish
 
 from sktune import FineTuneClassifier, clear_cache
 
@@ -120,27 +118,18 @@ def main() -> None:
         data = f"{len(X)} ant/bee photos from {args.folder.name}/ (paths) at {size}"
     print(data, flush=True)
     rows = measure(X, y, epochs, folds, **params)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    ).stdout.strip()
-    table = "\n".join(
+    publish(
         [
-            f"`python {' '.join(sys.argv)}` at {commit} on {platform.machine()} "
-            "(no GPU); one run.",
+            provenance(),
             "",
             f"**EfficientNet-Lite0, {data}, {folds}-fold CV, {epochs} epochs**",
             "",
             "| setting | accuracy | seconds per fold |",
             "|---|---|---|",
             *rows,
-        ]
+        ],
+        args.out,
     )
-    print("\n" + table)
-    if args.out is not None:
-        args.out.write_text(table + "\n")
 
 
 if __name__ == "__main__":

@@ -33,8 +33,6 @@ epochs of stages of 1, 2 folds, 3 depths): its numbers mean nothing.
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,7 +42,14 @@ from sklearn.datasets import load_digits, load_files
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, SHARED, efficientnet, minilm_spec, sentence_splits
+from common import (
+    SHARED,
+    efficientnet,
+    minilm_spec,
+    provenance,
+    publish,
+    sentence_splits,
+)
 
 from sktune import FineTuneClassifier, Freeze, clear_cache
 
@@ -179,16 +184,9 @@ def main() -> None:
         rows += run_task(
             name, backbone, params, split, epochs, stage, folds, max_depths
         )
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    ).stdout.strip()
-    table = "\n".join(
+    publish(
         [
-            f"`python {' '.join(sys.argv)}` at {commit} on {platform.machine()} "
-            "(no GPU); one run.",
+            provenance(),
             "",
             f"**freeze='auto' (stages of {stage} epochs, max_epochs={epochs}) against "
             f"a {folds}-fold GridSearchCV over the same depths ({stage} epochs per "
@@ -198,11 +196,9 @@ def main() -> None:
             "seconds | by depth: auto, validation loss; grid, 3-fold accuracy |",
             "|---|---|---|---|---|---|",
             *rows,
-        ]
+        ],
+        args.out,
     )
-    print("\n" + table)
-    if args.out is not None:
-        args.out.write_text(table + "\n")
 
 
 if __name__ == "__main__":

@@ -31,8 +31,6 @@ test, 1 epoch, texts cut to 32 tokens): its numbers mean nothing.
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import sys
 import time
 import warnings
@@ -50,7 +48,7 @@ from sklearn.metrics import (
 from sklearn.model_selection import train_test_split
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, SHARED, minilm_spec
+from common import SHARED, minilm_spec, provenance, publish
 
 from sktune import Backbone, FineTuneClassifier, clear_cache
 
@@ -167,29 +165,19 @@ def main() -> None:
     ]
     print("\n".join(header), flush=True)
     rows = measure(backbone, data, epochs, max_length)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    ).stdout.strip()
-    table = "\n".join(
+    publish(
         [
             "# benchmarks/class_weight.py",
             "",
-            f"`python {' '.join(sys.argv)}` at {commit} on {platform.machine()} "
-            "(no GPU); one run.",
+            provenance(),
             "",
             f"**all-MiniLM-L6-v2, SMS Spam Collection: {described}**",
             "",
             *header,
             *rows,
-        ]
+        ],
+        args.out or (None if args.quick else RESULTS),
     )
-    print("\n" + table)
-    out = args.out or (None if args.quick else RESULTS)
-    if out is not None:
-        out.write_text(table + "\n")
 
 
 if __name__ == "__main__":

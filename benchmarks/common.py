@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -95,6 +96,28 @@ class PeakRSS:
         self.thread.join()
         self.peak = max(self.peak, self.process.memory_info().rss)
         self.mb = (self.peak - self.start) / 2**20
+
+
+def provenance() -> str:
+    """The line that says how a result was made: the command, the commit."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    ).stdout.strip()
+    return (
+        f"`python {' '.join(sys.argv)}` at {commit} on {platform.machine()} "
+        "(no GPU); one run."
+    )
+
+
+def publish(lines: list[str], out: Path | None) -> None:
+    """Print a result, and write it to ``out`` when given."""
+    text = "\n".join(lines)
+    print("\n" + text)
+    if out is not None:
+        out.write_text(text + "\n")
 
 
 def peak_rss_mb() -> float:
